@@ -1,0 +1,1 @@
+"""Video data: frame-exact readers, real annotation formats, clip samplers, CPU/GPU transforms."""
