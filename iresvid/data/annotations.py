@@ -1,0 +1,433 @@
+"""Parse the annotation formats real video datasets ship with, and find their video files.
+
+Pure parsing and file discovery, nothing is decoded.  Strict where a mistake would silently corrupt training
+(shifted class indices, out-of-range labels, unknown class names, unlabeled splits) and tolerant of what the
+real files contain (CRLF line ends, a UTF-8 byte-order mark, trailing spaces, blank lines, duplicate entries,
+videos that failed to download).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+log = logging.getLogger(__name__)
+
+KINETICS_EXTENSIONS = (".mp4", ".webm", ".mkv")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi")
+_SHOWN = 5  # how many missing / duplicate names a log message lists before "..."
+_INT = re.compile(r"[+-]?\d+")
+_NUMBERED_LINE = re.compile(r"(\d+)\s+(\S.*)")
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video and its label; ``start``/``end`` are the clip's span (seconds) in its source, when known."""
+
+    path: Path
+    label: int
+    video_id: str
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass
+class Annotations:
+    """The videos found (``records``), the listed ones that are not on disk (``missing``), and the class list.
+
+    ``class_source`` says where the class index came from (a class-index file, or sorted names), because a
+    class index derived differently for train and val is the classic silent failure.
+    """
+
+    records: list[VideoRecord]
+    classes: list[str]
+    missing: list[Path]
+    source: str
+    class_source: str = ""
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.records)} entries, {len(self.missing)} missing, {len(self.classes)} classes "
+            f"from {self.source} (class index: {self.class_source})"
+        )
+
+
+def read_class_index(path: str | os.PathLike) -> list[str]:
+    """Class names in index order, from a class-index file.
+
+    Accepted formats: JSON, either ``{name: index}`` (pytorchvideo's kinetics_classnames.json, whose keys keep
+    their CSV quotes) or a list of names; text with ``<index> <name>`` lines numbered 0..K-1 or 1..K (UCF101's
+    classInd.txt, 1-based); otherwise text with one name per line, line order = index (mmaction2 label maps).
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        names = _json_class_names(path)
+    else:
+        lines = [line for _, line in _read_lines(path)]
+        matches = [_NUMBERED_LINE.fullmatch(line) for line in lines]
+        if lines and all(matches):
+            numbers = [int(m.group(1)) for m in matches]
+            first = min(numbers)
+            if first not in (0, 1) or sorted(numbers) != list(range(first, first + len(numbers))):
+                raise ValueError(
+                    f"{path}: numbered class lines must be numbered 0..K-1 or 1..K without gaps or repeats"
+                )
+            by_number = {n: m.group(2).strip() for n, m in zip(numbers, matches, strict=True)}
+            names = [by_number[n] for n in sorted(by_number)]
+        else:
+            names = lines
+    if not names:
+        raise ValueError(f"{path}: no class names")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{path}: class names listed more than once: {repeated[:_SHOWN]}")
+    return names
+
+
+def kinetics_csv(
+    csv_path: str | os.PathLike,
+    video_root: str | os.PathLike,
+    *,
+    split: str | None = None,
+    classes_file: str | os.PathLike | None = None,
+    classes: Sequence[str] | None = None,
+    extensions: Sequence[str] = KINETICS_EXTENSIONS,
+    require_labels: bool = True,
+) -> Annotations:
+    """The official Kinetics-400/600/700 CSV (``label,youtube_id,time_start,time_end,split[,is_cc]``).
+
+    Videos are ``{youtube_id}_{time_start:06d}_{time_end:06d}{ext}``, flat in ``video_root`` or in class
+    folders named by the label or by the label with spaces replaced by underscores.  The class index comes
+    from ``classes_file`` or ``classes`` (pass ``train.classes`` when reading val) or else is the sorted label
+    names of the whole CSV (before ``split`` filtering).  Test CSVs without a label column raise unless
+    ``require_labels=False``, which lists their videos with label -1: not usable for training.
+    """
+    csv_path, video_root = Path(csv_path), Path(video_root)
+    _require_dir(video_root, csv_path)
+    if classes_file is not None and classes is not None:
+        raise ValueError("kinetics_csv: give classes_file or classes, not both")
+    with open(csv_path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)  # the csv module, because labels may hold commas inside quotes
+        rows = [(reader.line_num, [cell.strip() for cell in row]) for row in reader]
+    rows = [(lineno, row) for lineno, row in rows if any(row)]
+    if not rows:
+        raise ValueError(f"{csv_path}: empty CSV")
+    header = rows[0][1]
+    column = {name: i for i, name in enumerate(header)}
+    absent = [c for c in ("youtube_id", "time_start", "time_end") if c not in column]
+    if absent:
+        raise ValueError(
+            f"{csv_path}: header {header} lacks {absent}; expected label,youtube_id,time_start,time_end,split"
+        )
+    labeled = "label" in column
+    if require_labels and not labeled:
+        raise ValueError(
+            f"{csv_path} has no label column (an unlabeled test split?); labels are required for training, "
+            "pass require_labels=False to list its videos with label -1"
+        )
+    if split is not None and "split" not in column:
+        raise ValueError(f"{csv_path}: split={split!r} requested but the CSV has no split column")
+    body = []
+    for lineno, row in rows[1:]:
+        if len(row) != len(header):
+            raise ValueError(f"{csv_path}:{lineno}: {len(row)} fields but the header has {len(header)}")
+        body.append((f"{csv_path}:{lineno}", row))
+
+    if classes_file is not None:
+        names, origin = read_class_index(classes_file), f"class-index file {classes_file}"
+    elif classes is not None:
+        names, origin = list(classes), "the class list given"
+    elif labeled:
+        names = sorted({row[column["label"]] for _, row in body if row[column["label"]]})
+        origin = f"sorted label names of {csv_path.name}"
+    else:
+        names, origin = [], "none (unlabeled CSV)"
+    index = _ClassIndex(names, origin)
+
+    if split is not None:
+        selected = [(where, row) for where, row in body if row[column["split"]] == split]
+        if not selected:
+            present = sorted({row[column["split"]] for _, row in body})
+            raise ValueError(f"{csv_path}: no rows with split {split!r}; splits present: {present}")
+        body = selected
+
+    listing = _Listing()
+    entries = []
+    for where, row in body:
+        label_name = row[column["label"]] if labeled else ""
+        if label_name:
+            label = index.index(label_name, where)
+        elif require_labels:
+            raise ValueError(f"{where}: empty label")
+        else:
+            label = -1
+        start, end = _seconds(row[column["time_start"]], where), _seconds(row[column["time_end"]], where)
+        stem = f"{row[column['youtube_id']]}_{start:06d}_{end:06d}"
+        folders = [video_root / label_name, video_root / label_name.replace(" ", "_")] if label_name else []
+        path = _find_kinetics_video(stem, [*folders, video_root], extensions, listing)
+        entries.append(VideoRecord(path, label, stem, float(start), float(end)))
+    return _finish(entries, names, origin, str(csv_path), video_root, listing)
+
+
+def path_label_list(
+    list_file: str | os.PathLike,
+    video_root: str | os.PathLike | None = None,
+    *,
+    classes_file: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+) -> Annotations:
+    """``<path> <label>`` list files (pytorchvideo, mmaction2): one video per line, integer label.
+
+    The label is after the LAST whitespace, so paths may contain spaces.  Relative paths are resolved against
+    ``video_root``, else the list file's folder.  Class names come from ``classes_file``, else are
+    ``str(label)`` for labels 0..``num_classes``-1 (or 0..max label when neither is given).
+    """
+    list_file = Path(list_file)
+    root = Path(video_root) if video_root is not None else list_file.parent
+    _require_dir(root, list_file)
+    names = read_class_index(classes_file) if classes_file is not None else None
+    if names is not None and num_classes is not None and len(names) != num_classes:
+        raise ValueError(f"num_classes={num_classes} but {classes_file} lists {len(names)} classes")
+    limit = len(names) if names is not None else num_classes
+    entries = []
+    for lineno, line in _read_lines(list_file):
+        where = f"{list_file}:{lineno}"
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2 or not _INT.fullmatch(parts[1]):
+            raise ValueError(f"{where}: expected '<path> <integer label>', got {line!r}")
+        rel, label = parts[0], int(parts[1])
+        if label < 0 or (limit is not None and label >= limit):
+            bound = f"0..{limit - 1}" if limit is not None else "non-negative"
+            raise ValueError(f"{where}: label {label} out of range ({bound})")
+        entries.append(VideoRecord(root / rel, label, PurePosixPath(rel).with_suffix("").as_posix()))
+    if not entries:
+        raise ValueError(f"{list_file}: no entries")
+    if names is not None:
+        origin = f"class-index file {classes_file}"
+    else:
+        if limit is None:
+            limit = max(r.label for r in entries) + 1
+            origin = f"integer labels 0..{limit - 1} (max label in {list_file.name})"
+        else:
+            origin = f"integer labels 0..{limit - 1} (num_classes)"
+        names = [str(i) for i in range(limit)]
+    return _finish(entries, names, origin, str(list_file), root, _Listing())
+
+
+def ucf101(
+    video_root: str | os.PathLike,
+    annotation_dir: str | os.PathLike,
+    *,
+    split: int = 1,
+    subset: str = "train",
+) -> Annotations:
+    """UCF101's official split files: ``classInd.txt``, ``trainlist0{1,2,3}.txt``, ``testlist0{1,2,3}.txt``.
+
+    Labels are 1-based in the files and 0-based here.  The class is read from each entry's folder (test
+    lists carry no label); where a label is listed it must agree with the folder, else the line is named.
+    """
+    if split not in (1, 2, 3):
+        raise ValueError(f"ucf101: split must be 1, 2 or 3, got {split!r}")
+    if subset not in ("train", "test"):
+        raise ValueError(f"ucf101: subset must be 'train' or 'test', got {subset!r}")
+    video_root, annotation_dir = Path(video_root), Path(annotation_dir)
+    class_file = annotation_dir / "classInd.txt"
+    list_file = annotation_dir / f"{subset}list0{split}.txt"
+    _require_dir(video_root, list_file)
+    names = read_class_index(class_file)
+    index = _ClassIndex(names, str(class_file))
+    entries = []
+    for lineno, line in _read_lines(list_file):
+        where = f"{list_file}:{lineno}"
+        parts = line.rsplit(None, 1)
+        listed = int(parts[1]) if len(parts) == 2 and _INT.fullmatch(parts[1]) else None
+        rel = parts[0] if listed is not None else line
+        folders = PurePosixPath(rel).parts
+        if len(folders) < 2:
+            raise ValueError(f"{where}: expected '<ClassName>/<video>.avi', got {rel!r}")
+        # The class comes from the folder, not the file name: UCF101's HandstandPushups folder holds files
+        # named v_HandStandPushups_*.
+        label = index.index(folders[-2], where)
+        if listed is not None:
+            if not 1 <= listed <= len(names):
+                raise ValueError(f"{where}: label {listed} out of range 1..{len(names)} of {class_file}")
+            if listed - 1 != label:
+                raise ValueError(
+                    f"{where}: label {listed} is {names[listed - 1]!r} in {class_file.name} but the video "
+                    f"is in folder {folders[-2]!r} (label {label + 1})"
+                )
+        entries.append(VideoRecord(video_root / rel, label, PurePosixPath(rel).stem))
+    if not entries:
+        raise ValueError(f"{list_file}: no entries")
+    return _finish(entries, names, f"class-index file {class_file}", str(list_file), video_root, _Listing())
+
+
+def folder_per_class(
+    video_root: str | os.PathLike, *, extensions: Sequence[str] = VIDEO_EXTENSIONS
+) -> Annotations:
+    """``video_root/<class>/<video>``: the class index is the sorted folder names, empty folders included."""
+    root = Path(video_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"video root {root} is not a directory")
+    wanted = {e.lower() for e in extensions}
+    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=str)
+    entries, empty = [], []
+    for label, folder in enumerate(class_dirs):
+        videos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in wanted)
+        if not videos:
+            empty.append(folder.name)
+        entries += [VideoRecord(p, label, f"{folder.name}/{p.stem}") for p in videos]
+    if not entries:
+        raise FileNotFoundError(f"no {'/'.join(extensions)} videos in the class folders of {root}")
+    if empty:
+        # Kept: dropping them would shift the indices of every later class.
+        log.warning("%s: %d class folders hold no videos: %s", root, len(empty), _some(empty))
+    names = [p.name for p in class_dirs]
+    return _finish(entries, names, f"sorted folder names of {root}", str(root), root, _Listing())
+
+
+class _ClassIndex:
+    """Class name -> index; a name also matches with spaces and underscores swapped (folder-name variants)."""
+
+    def __init__(self, names: Sequence[str], origin: str):
+        self.names, self.origin = list(names), origin
+        self._exact = {name: i for i, name in enumerate(self.names)}
+        loose: dict[str, list[int]] = {}
+        for i, name in enumerate(self.names):
+            loose.setdefault(name.replace("_", " "), []).append(i)
+        self._loose = {key: ids[0] for key, ids in loose.items() if len(ids) == 1}
+
+    def index(self, name: str, where: str) -> int:
+        i = self._exact.get(name, self._loose.get(name.replace("_", " ")))
+        if i is None:
+            raise ValueError(
+                f"{where}: unknown class {name!r}, not one of the {len(self.names)} in {self.origin}"
+            )
+        return i
+
+
+class _Listing:
+    """Cached directory listings: one listdir per folder instead of a stat per (video, candidate) pair."""
+
+    def __init__(self) -> None:
+        self._names: dict[Path, frozenset[str]] = {}
+
+    def contains(self, folder: Path, name: str) -> bool:
+        names = self._names.get(folder)
+        if names is None:
+            try:
+                names = frozenset(os.listdir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                names = frozenset()
+            self._names[folder] = names
+        return name in names
+
+    def exists(self, path: Path) -> bool:
+        return self.contains(path.parent, path.name)
+
+
+def _find_kinetics_video(
+    stem: str, folders: list[Path], extensions: Sequence[str], listing: _Listing
+) -> Path:
+    """The first existing candidate; if none exists, the path the video should have (for the missing list)."""
+    for folder in folders:
+        for ext in extensions:
+            if listing.contains(folder, stem + ext):
+                return folder / (stem + ext)
+    expected = next((f for f in folders if listing.contains(f.parent, f.name)), folders[-1])
+    return expected / (stem + extensions[0])
+
+
+def _finish(
+    entries: list[VideoRecord],
+    classes: list[str],
+    class_source: str,
+    source: str,
+    root: Path,
+    listing: _Listing,
+) -> Annotations:
+    """Drop duplicates (first kept), split found from missing videos, log, and refuse an all-missing list."""
+    seen: dict[str, VideoRecord] = {}
+    duplicates, conflicting = [], 0
+    records, missing = [], []
+    for record in entries:
+        first = seen.get(record.video_id)
+        if first is not None:
+            duplicates.append(record.video_id)
+            conflicting += first.label != record.label
+            continue
+        seen[record.video_id] = record
+        (records if listing.exists(record.path) else missing).append(record)
+    if duplicates:
+        log.warning(
+            "%s: %d duplicate entries ignored, the first of each kept (%d with a different label): %s",
+            source,
+            len(duplicates),
+            conflicting,
+            _some(duplicates),
+        )
+    if not records:
+        raise FileNotFoundError(
+            f"none of the {len(missing)} videos listed in {source} exist under {root} "
+            f"(e.g. {missing[0].path})"
+        )
+    if missing:
+        log.warning(
+            "%s: %d of %d listed videos are missing under %s: %s",
+            source,
+            len(missing),
+            len(seen),
+            root,
+            _some([r.path.name for r in missing]),
+        )
+    annotations = Annotations(records, list(classes), [r.path for r in missing], source, class_source)
+    log.info("%s", annotations.summary())
+    return annotations
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, stripped text) of the non-blank lines; utf-8-sig drops a BOM, text mode drops CRs."""
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if line:
+                yield lineno, line
+
+
+def _json_class_names(path: Path) -> list[str]:
+    with open(path, encoding="utf-8-sig") as f:
+        data = json.load(f)
+    if isinstance(data, list):
+        return [str(name).strip() for name in data]
+    if not isinstance(data, dict) or not all(isinstance(i, int) for i in data.values()):
+        raise ValueError(f"{path}: expected a JSON list of names or an object {{name: integer index}}")
+    if sorted(data.values()) != list(range(len(data))):
+        raise ValueError(f"{path}: class indices must be 0..{len(data) - 1}, each once")
+    by_index = {i: name.strip().strip('"') for name, i in data.items()}
+    return [by_index[i] for i in range(len(data))]
+
+
+def _seconds(text: str, where: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{where}: time {text!r} is not a number") from None
+    if not value.is_integer() or value < 0:
+        raise ValueError(f"{where}: time {text!r} must be whole non-negative seconds (files are named by it)")
+    return int(value)
+
+
+def _require_dir(root: Path, annotation_file: Path) -> None:
+    if not root.is_dir():
+        raise FileNotFoundError(f"video root {root} (for {annotation_file}) is not a directory")
+
+
+def _some(names: Sequence[str]) -> str:
+    shown = ", ".join(str(n) for n in names[:_SHOWN])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > _SHOWN else "")
