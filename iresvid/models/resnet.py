@@ -1,0 +1,439 @@
+"""One residual network class for every family, in 2D and 3D, and the family specs.
+
+A family is a `ResNetSpec`: block type, blocks per stage, widths, groups, role scheme, shortcut, stem.
+`ResNet(spec, dims=3, inflate="slow")` is the space-time version of `ResNet(spec, dims=2)`: the same modules,
+with a temporal kernel per conv chosen by the inflation pattern, so 2D checkpoints inflate by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from iresvid.models.blocks import BLOCKS, ResidualBlock, make_shortcut, stage_roles
+from iresvid.models.layers import check_dims, conv, max_pool, norm
+
+# ---------------------------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """Everything that tells one residual family from another."""
+
+    block: str  # "basic" | "bottleneck"
+    layers: tuple[int, ...]  # blocks per stage
+    widths: tuple[int, ...]  # width of each stage's 3×3 conv
+    out_channels: tuple[int, ...]  # channels each stage outputs
+    groups: tuple[int, ...]  # groups of each stage's 3×3 conv
+    roles: str = "plain"  # "plain" | "resstage" | "preact"  (see blocks.py)
+    shortcut: str = "conv"  # "conv" | "improved" (max-pool → 1×1 conv → BN)
+    stem: str = "conv7_pool"  # "conv7_pool" (ResNet) | "conv7" (iResNet: no max-pool) | "conv3" (CIFAR)
+    stage_strides: tuple[int, ...] = (1, 2, 2, 2)
+    stem_width: int = 64
+    se_reduction: int | None = None
+
+    def __post_init__(self):
+        n = len(self.layers)
+        for field in ("widths", "out_channels", "groups", "stage_strides"):
+            if len(getattr(self, field)) != n:
+                raise ValueError(
+                    f"ResNetSpec.{field} needs one entry per stage ({n}), got {getattr(self, field)}"
+                )
+        if self.block not in BLOCKS:
+            raise ValueError(f"unknown block {self.block!r}; expected one of {sorted(BLOCKS)}")
+        if self.stem not in STEMS:
+            raise ValueError(f"unknown stem {self.stem!r}; expected one of {STEMS}")
+        for stage, (width, groups) in enumerate(zip(self.widths, self.groups, strict=True), 1):
+            if width % groups:
+                raise ValueError(f"stage {stage}: width {width} is not divisible by {groups} groups")
+
+    def scaled(self, width_scale: float) -> ResNetSpec:
+        """The same family at a fraction of the width (for tests and tiny demos); channels per group kept."""
+        if width_scale == 1:
+            return self
+
+        def scale(c: int) -> int:
+            return max(1, round(c * width_scale))
+
+        groups = tuple(max(1, round(g * width_scale)) if g > 1 else 1 for g in self.groups)
+        widths = tuple(max(g, scale(w) // g * g) for w, g in zip(self.widths, groups, strict=True))
+        return dataclasses.replace(
+            self,
+            widths=widths,
+            groups=groups,
+            out_channels=tuple(scale(c) for c in self.out_channels),
+            stem_width=scale(self.stem_width),
+        )
+
+
+STEMS = ("conv7_pool", "conv7", "conv3")
+
+# Blocks per stage of the official code (ResNet, ResStage, iResNet, ResGroup); other depths are derived.
+BOTTLENECK_LAYERS = {
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+    302: (4, 34, 58, 4),
+    404: (4, 46, 80, 4),
+    1001: (4, 155, 170, 4),
+}
+BASIC_LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+def stage_layers(depth: int, block: str) -> tuple[int, ...]:
+    """Blocks per stage for a 4-stage ImageNet-style net of ``depth`` weighted layers.
+
+    The official tables first; any other depth ``d`` with ``(d - 2)`` divisible by the convs per block is
+    spread like the paper's very deep nets: stages 1 and 4 keep 3 blocks (4 from 302 layers on), stages 2
+    and 3 share the rest 1 : 2 (rounded), so ``depth`` is exact.
+    """
+    table = BASIC_LAYERS if block == "basic" else BOTTLENECK_LAYERS
+    if depth in table:
+        return table[depth]
+    convs = 2 if block == "basic" else 3
+    if depth < 2 + convs * 8 or (depth - 2) % convs:
+        raise ValueError(
+            f"depth {depth} does not fit {block} blocks: need (depth - 2) divisible by {convs} and at least "
+            f"{2 + convs * 8} layers; official depths are {sorted(table)}"
+        )
+    total = (depth - 2) // convs
+    outer = 4 if depth >= 302 else 3
+    inner = total - 2 * outer
+    second = max(2, round(inner / 3))
+    return (outer, second, inner - second, outer)
+
+
+def resnet_spec(
+    depth: int,
+    *,
+    roles: str = "plain",
+    improved: bool = False,
+    groups: int = 1,
+    width_per_group: int = 64,
+    se: bool = False,
+) -> ResNetSpec:
+    """ResNet / pre-activation ResNet / ResStage / iResNet / ResNeXt / SE variants at any depth.
+
+    ``improved=True`` is the full iResNet package: improved shortcut, stem without max-pool, and a stride-2
+    first stage (so the network still reduces the input 32×).
+    """
+    block = "basic" if depth in BASIC_LAYERS else "bottleneck"
+    expansion = 1 if block == "basic" else 4
+    planes = (64, 128, 256, 512)
+    widths = tuple(p * width_per_group // 64 * groups for p in planes)
+    return ResNetSpec(
+        block=block,
+        layers=stage_layers(depth, block),
+        widths=widths,
+        out_channels=tuple(p * expansion for p in planes),
+        groups=(groups,) * 4,
+        roles=roles,
+        shortcut="improved" if improved else "conv",
+        stem="conv7" if improved else "conv7_pool",
+        stage_strides=(2, 2, 2, 2) if improved else (1, 2, 2, 2),
+        se_reduction=16 if se else None,
+    )
+
+
+def resgroup_spec(depth: int, *, fixed_groups: bool, improved: bool = False) -> ResNetSpec:
+    """ResGroup(Fix) and iResGroup(Fix): bottleneck width W = 256·2^i, output W/2, 64 groups at most.
+
+    ResGroup keeps 32 channels per group (8/16/32/64 groups); ResGroupFix uses 64 groups in every stage.
+    The i-variants add ResStage roles, the improved shortcut and the iResNet stem, as in the official code.
+    """
+    widths = (256, 512, 1024, 2048)
+    return ResNetSpec(
+        block="bottleneck",
+        layers=stage_layers(depth, "bottleneck"),
+        widths=widths,
+        out_channels=tuple(w // 2 for w in widths),
+        groups=(64,) * 4 if fixed_groups else (8, 16, 32, 64),
+        roles="resstage" if improved else "plain",
+        shortcut="improved" if improved else "conv",
+        stem="conv7" if improved else "conv7_pool",
+        stage_strides=(2, 2, 2, 2) if improved else (1, 2, 2, 2),
+    )
+
+
+def cifar_spec(depth: int, *, roles: str = "plain", improved: bool = False) -> ResNetSpec:
+    """CIFAR nets of He et al.: 3×3 stem, three stages of 16/32/64 channels, basic blocks, depth = 6n + 2.
+
+    ``improved`` swaps in the improved shortcut; the stem and strides stay CIFAR's (the input is 32×32).
+    """
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"CIFAR depth must be 6n + 2 with n >= 1 (e.g. 20, 56, 110, 3002), got {depth}")
+    n = (depth - 2) // 6
+    channels = (16, 32, 64)
+    return ResNetSpec(
+        block="basic",
+        layers=(n, n, n),
+        widths=channels,
+        out_channels=channels,
+        groups=(1, 1, 1),
+        roles=roles,
+        shortcut="improved" if improved else "conv",
+        stem="conv3",
+        stage_strides=(1, 2, 2),
+        stem_width=16,
+    )
+
+
+# ------------------------------------------------------------------------------------------ inflation
+
+INFLATIONS = ("slow", "i3d", "full", "c2d")
+# Stem temporal kernel per pattern: Slow-only and C2D keep the 1×7×7 stem, I3D uses 5×7×7, R3D 3×7×7.
+STEM_TEMPORAL_KERNEL = {"slow": 1, "i3d": 5, "full": 3, "c2d": 1}
+
+
+def block_temporal_kernels(inflate: str, num_convs: int, stage: int, index: int, num_stages: int) -> tuple:
+    """Temporal kernel of each conv of one block under an inflation pattern.
+
+    - ``slow`` (SlowFast's Slow pathway, pytorchvideo ``slow_r50``): 3 on the first conv of every block in
+      the last two stages (res4, res5), 1 elsewhere.
+    - ``i3d`` (mmaction2 I3D R50): 3 on the first conv of alternate blocks — even blocks, but odd blocks in
+      the last stage.
+    - ``full`` (R3D): every 3×3 conv becomes 3×3×3; 1×1 convs stay 1×1×1.
+    - ``c2d``: no temporal kernel anywhere; a per-frame 2D network.
+    """
+    ones = (1,) * num_convs
+    first = (3,) + (1,) * (num_convs - 1)
+    if inflate == "c2d":
+        return ones
+    if inflate == "slow":
+        return first if stage >= num_stages - 2 else ones
+    if inflate == "i3d":
+        inflated = index % 2 == (1 if stage == num_stages - 1 else 0)
+        return first if inflated else ones
+    if inflate == "full":
+        return (1, 3, 1) if num_convs == 3 else (3, 3)
+    raise ValueError(f"unknown inflate pattern {inflate!r}; expected one of {INFLATIONS}")
+
+
+# -------------------------------------------------------------------------------------------- network
+
+
+class ResNet(nn.Module):
+    """A residual network of any family (`ResNetSpec`), as an image (dims=2) or video (dims=3) model.
+
+    Input ``(N, C, H, W)`` or ``(N, C, T, H, W)``.  Module names follow torchvision and the official iResNet
+    code (``conv1``, ``bn1``, ``layer1``…, ``fc``).  The interface is timm's: `forward_features`,
+    `forward_head`, `reset_classifier`, `feature_info`, `forward_intermediates` (used by ``features_only``).
+
+    3D knobs: ``inflate`` (see `block_temporal_kernels`), ``stem_temporal_kernel`` (default per pattern),
+    ``temporal_strides`` per stage (default 1: the clip length is kept to the head, as in Slow-only R50).
+    Backbone knobs: ``frozen_stages`` (−1 none, 0 stem, k stem + stages 1..k), ``norm_eval`` (BN layers stay
+    in eval mode while training, for small-batch fine-tuning), ``zero_init_last`` (each residual branch
+    starts at zero, so every block starts as the identity).
+    """
+
+    def __init__(
+        self,
+        spec: ResNetSpec,
+        *,
+        dims: int = 2,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        inflate: str = "slow",
+        stem_temporal_kernel: int | None = None,
+        stem_temporal_stride: int = 1,
+        temporal_strides: Sequence[int] | None = None,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        zero_init_last: bool = False,
+    ):
+        super().__init__()
+        self.spec = spec
+        self.dims = check_dims(dims)
+        self.inflate = inflate if dims == 3 else "c2d"
+        num_stages = len(spec.layers)
+        if dims == 3 and inflate not in INFLATIONS:
+            raise ValueError(f"unknown inflate pattern {inflate!r}; expected one of {INFLATIONS}")
+        temporal_strides = tuple(temporal_strides or (1,) * num_stages)
+        if len(temporal_strides) != num_stages:
+            raise ValueError(f"temporal_strides needs {num_stages} entries, got {temporal_strides}")
+        if stem_temporal_kernel is None:
+            stem_temporal_kernel = STEM_TEMPORAL_KERNEL[self.inflate]
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.grad_checkpointing = False
+
+        # --- stem: names as in torchvision (conv1, bn1, maxpool); pre-activation nets leave the norm and
+        # ReLU to their first block.
+        kernel = 3 if spec.stem == "conv3" else 7
+        stem_stride = 1 if spec.stem == "conv3" else 2
+        self.conv1 = conv(
+            dims,
+            in_chans,
+            spec.stem_width,
+            (stem_temporal_kernel, kernel),
+            (stem_temporal_stride, stem_stride),
+        )
+        self.bn1 = norm(dims, spec.stem_width) if spec.roles != "preact" else None
+        self.maxpool = max_pool(dims, (1, 3), (1, 2)) if spec.stem == "conv7_pool" else None
+        reduction = stem_stride * (2 if self.maxpool is not None else 1)
+        self.feature_info = [
+            dict(
+                num_chs=spec.stem_width,
+                reduction=reduction,
+                module="conv1" if self.bn1 is None else "bn1" if self.maxpool is None else "maxpool",
+            )
+        ]
+
+        # --- stages
+        # C2D stays a per-frame network: its max-pool shortcuts do not pool over time either.
+        pool_kt = 1 if self.inflate == "c2d" else 3
+        block_cls = BLOCKS[spec.block]
+        channels = spec.stem_width
+        self.stage_names = []
+        for s in range(num_stages):
+            blocks = []
+            for b, role in enumerate(stage_roles(spec.layers[s], spec.roles)):
+                stride = (temporal_strides[s], spec.stage_strides[s]) if b == 0 else (1, 1)
+                out = spec.out_channels[s]
+                shortcut = (
+                    make_shortcut(dims, channels, out, stride, spec.shortcut, pool_kt) if b == 0 else None
+                )
+                blocks.append(
+                    block_cls(
+                        dims,
+                        channels,
+                        spec.widths[s],
+                        out,
+                        role=role,
+                        stride=stride,
+                        groups=spec.groups[s],
+                        temporal_kernels=block_temporal_kernels(
+                            self.inflate, block_cls.num_convs, s, b, num_stages
+                        ),
+                        downsample=shortcut,
+                        se_reduction=spec.se_reduction,
+                    )
+                )
+                channels = out
+            name = f"layer{s + 1}"
+            self.add_module(name, nn.Sequential(*blocks))
+            self.stage_names.append(name)
+            reduction *= spec.stage_strides[s]
+            self.feature_info.append(dict(num_chs=channels, reduction=reduction, module=name))
+
+        # Pre-activation nets end on a BN → ReLU (their last block adds without normalising).
+        self.final_norm = norm(dims, channels) if spec.roles == "preact" else None
+        self.num_features = channels
+        self.drop_rate = drop_rate
+        self.fc = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_classes = num_classes
+        self._init_weights(zero_init_last)
+        self._freeze_stages()
+
+    def _init_weights(self, zero_init_last: bool) -> None:
+        # As the official code: Kaiming-normal (fan_out) convs, BN weight 1 / bias 0.  Linear layers keep
+        # PyTorch's default init (as torchvision and the official code do).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm3d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_last:
+            # The official zero_init_residual names `bn3` on blocks that have none; instead, zero whatever
+            # ends the branch: its BN when one precedes the add, else its last conv.
+            for m in self.modules():
+                if isinstance(m, ResidualBlock):
+                    if m.norm_before_add:
+                        nn.init.zeros_(getattr(m, m.last_norm_name).weight)
+                    else:
+                        nn.init.zeros_(getattr(m, f"conv{m.num_convs}").weight)
+
+    # ------------------------------------------------------------------------------ backbone knobs
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        stem = [m for m in (self.conv1, self.bn1) if m is not None]
+        return stem + [getattr(self, n) for n in self.stage_names[: self.frozen_stages]]
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of storing its activations (deep 3D nets)."""
+        self.grad_checkpointing = enable
+
+    # ------------------------------------------------------------------------------------- forward
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        expected = self.dims + 2
+        if x.ndim != expected:
+            layout = "(N, C, H, W)" if self.dims == 2 else "(N, C, T, H, W)"
+            raise ValueError(
+                f"{type(self).__name__} ({self.dims}D) expects a {layout} input, got shape {tuple(x.shape)}"
+            )
+        x = self.conv1(x)
+        if self.bn1 is not None:
+            x = F.relu(self.bn1(x))
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        return x
+
+    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            for block in stage:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+        return stage(x)
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stem output, then every stage's output (the maps `feature_info` describes, in order)."""
+        x = self.forward_stem(x)
+        features = [x]
+        for name in self.stage_names:
+            x = self._run_stage(getattr(self, name), x)
+            features.append(x)
+        return features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)
+        for name in self.stage_names:
+            x = self._run_stage(getattr(self, name), x)
+        if self.final_norm is not None:
+            x = F.relu(self.final_norm(x))
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.flatten(2).mean(-1)  # global average over (T,) H, W
+        if self.drop_rate > 0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # ---------------------------------------------------------------------------------- classifier
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier for ``num_classes`` (0: the model returns pooled features)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
