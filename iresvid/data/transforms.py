@@ -101,6 +101,12 @@ class CropFlipParams:
         return CropFlipParams(self.boxes[i : i + 1], self.flip[i : i + 1])
 
 
+def _per_sample(size: int | torch.Tensor, n: int) -> torch.Tensor:
+    """A frame size, scalar or per sample, as float64 (N,) on the CPU."""
+    size = torch.as_tensor(size, dtype=torch.float64).cpu()
+    return size.expand(n) if size.ndim == 0 else size
+
+
 def _uniform_below(u: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """Integers uniform in ``[0, high)`` from float64 uniforms ``u`` in [0, 1), one ``high`` per sample.
     The minimum only guards float rounding of ``u * high`` up to ``high``."""
@@ -192,14 +198,23 @@ class GpuAugment(nn.Module):
         self.normalize = _Normalize(mean, std)
 
     def sample_params(
-        self, n: int, height: int, width: int, generator: torch.Generator | None = None
+        self,
+        n: int,
+        height: int | torch.Tensor,
+        width: int | torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> CropFlipParams:
-        """Crop boxes and flips for ``n`` samples of ``height x width`` frames."""
+        """Crop boxes and flips for ``n`` samples of ``height x width`` frames.
+
+        ``height``/``width`` may be per-sample (N,) tensors: a padded batch of frames of different sizes
+        (`iresvid.data.collate_clips`) gets boxes inside each sample's own frame.
+        """
+        height, width = _per_sample(height, n), _per_sample(width, n)
         if self.mode == "short_side_jitter":
             u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
             low, high = self.jitter_sizes
             short_side = low + (high - low) * u[:, 0]
-            side = (self.crop_size * min(height, width) / short_side).round().clamp(min=1)
+            side = (self.crop_size * torch.minimum(height, width) / short_side).round().clamp(min=1)
             box_h = box_w = side
             top, left = _uniform_below(u[:, 1], height - side + 1), _uniform_below(u[:, 2], width - side + 1)
         else:
@@ -208,30 +223,31 @@ class GpuAugment(nn.Module):
         boxes = torch.stack([top, left, box_h.long(), box_w.long()], dim=1)
         return CropFlipParams(boxes, u[:, -1] < self.flip_prob)
 
-    def _resized_crop_boxes(self, u: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, ...]:
+    def _resized_crop_boxes(
+        self, u: torch.Tensor, height: torch.Tensor, width: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         """torchvision's ``RandomResizedCrop.get_params``, vectorised: all 10 tries are drawn at once and
-        each sample keeps its first valid one.  ``u``: (N, 22) uniforms (area, ratio for 10 tries; top; left).
+        each sample keeps its first valid one.  ``u``: (N, 22) uniforms (area, ratio for 10 tries; top; left);
+        ``height``, ``width``: float64 (N,).
         """
         (s0, s1), (r0, r1) = self.area_scale, self.aspect_ratio
-        area = (s0 + (s1 - s0) * u[:, :10]) * height * width
+        area = (s0 + (s1 - s0) * u[:, :10]) * (height * width)[:, None]
         ratio = torch.exp(math.log(r0) + (math.log(r1) - math.log(r0)) * u[:, 10:20])
         w, h = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
-        valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        valid = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
         first = valid.long().argmax(dim=1, keepdim=True)  # index of the first True (0 if none)
         w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
         # Fallback when all tries fail: the largest centred box whose aspect ratio is clamped into range.
-        if width / height < r0:
-            fallback_w, fallback_h = width, round(width / r0)
-        elif width / height > r1:
-            fallback_w, fallback_h = round(height * r1), height
-        else:
-            fallback_w, fallback_h = width, height
+        # (torchvision rounds with Python's round(): half to even, as torch.round.)
+        frame_ratio = width / height
+        fallback_w = torch.where(frame_ratio > r1, (height * r1).round(), width)
+        fallback_h = torch.where(frame_ratio < r0, (width / r0).round(), height)
         found = valid.any(dim=1)
-        w = torch.where(found, w, float(fallback_w))
-        h = torch.where(found, h, float(fallback_h))
+        w = torch.where(found, w, fallback_w)
+        h = torch.where(found, h, fallback_h)
         top = torch.where(found, _uniform_below(u[:, 20], height - h + 1), (height - fallback_h) // 2)
         left = torch.where(found, _uniform_below(u[:, 21], width - w + 1), (width - fallback_w) // 2)
-        return h, w, top, left
+        return h, w, top.long(), left.long()
 
     def apply(self, x: torch.Tensor, params: CropFlipParams) -> torch.Tensor:
         """Crop, flip and normalise the whole batch with one ``grid_sample``."""
@@ -321,8 +337,12 @@ class EvalViews(nn.Module):
             return [(top, 0), (top, left), (top, width - size)]
         return [(0, left), (top, left), (height - size, left)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """``sizes``: optional (N, 2) frame sizes of a padded batch (`iresvid.data.collate_clips`); each
+        sample's views are then taken from its own ``height x width`` frame."""
         _check_uint8_batch(x)
+        if sizes is not None and not bool((sizes == torch.tensor(x.shape[-2:])).all()):
+            return torch.cat([self(x[i : i + 1, ..., :h, :w]) for i, (h, w) in enumerate(sizes.tolist())])
         height, width = x.shape[-2:]
         if min(height, width) != self.size:
             new_hw = _short_side_shape(height, width, self.size)

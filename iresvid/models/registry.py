@@ -118,8 +118,13 @@ _SPEC_FIELDS = {f.name for f in dataclasses.fields(ResNetSpec)}
 _MODEL_ARGS = set(inspect.signature(ResNet.__init__).parameters) - {"self", "spec", "dims"}
 
 
-def list_models(pattern: str = "*", *, dims: int | None = None, exclude: str | None = None) -> list[str]:
-    """Registered model names matching a shell-style pattern, e.g. ``list_models("iresnet3d*")``."""
+def list_models(
+    pattern: str = "*", *, dims: int | None = None, exclude: str | None = None, by_family: bool = False
+) -> list[str]:
+    """Registered model names matching a shell-style pattern, e.g. ``list_models("iresnet3d*")``.
+
+    Sorted by name, or with ``by_family`` in the order of the family table, 2D before 3D (the zoo table's).
+    """
     names = [
         n
         for n, e in _MODELS.items()
@@ -127,6 +132,8 @@ def list_models(pattern: str = "*", *, dims: int | None = None, exclude: str | N
         and (dims is None or e.dims == dims)
         and not (exclude and fnmatch.fnmatch(n, exclude))
     ]
+    if by_family:
+        return sorted(names, key=lambda n: _MODELS[n].dims)  # stable: keeps the table order within a dims
     return sorted(names, key=_natural_key)
 
 
