@@ -1,0 +1,495 @@
+"""Frame-exact video readers behind one interface: decord, PyAV and (optionally) torchcodec.
+
+``open_video(path, backend).get_frames(indices)`` returns uint8 ``(T, H, W, C)`` frames where frame ``i`` is
+exactly the ``i``-th displayed frame, i.e. what decoding the whole video in order with PyAV gives.  Indices
+mean *display order*, so every backend has to survive these traps:
+
+* With B-frames, packets are stored out of display order and AVI files then start at pts 1, not 0: a reader
+  that turns indices into timestamps with ``index / fps`` is off by one frame.
+* A seek lands on a keyframe before the requested time (or after it: AVI indexes seeks by dts, so seeking to
+  a B-frame AVI keyframe's pts lands on the next keyframe), so the decoder must run forward and match frames
+  by pts, never by counting from where it thinks it landed.
+* Container headers lie about the frame count (truncated files keep the original ``nb_frames``).
+
+The PyAV and decord readers therefore work from a pts table built by demuxing the video packets once (cheap,
+nothing is decoded): ``num_frames`` is the number of indexed packets and frame ``i`` has the ``i``-th
+smallest pts; torchcodec's exact mode does the same scan itself.  Only the video stream is read: audio is
+discarded by the demuxer, never decoded.  Frames come in display orientation (rotation metadata applied, as
+decord and torchcodec >= 0.11 do); ``height`` and ``width`` are the displayed size.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import importlib
+import logging
+import operator
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from functools import cache
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    import av
+
+__all__ = ["BACKENDS", "VideoDecodeError", "VideoReader", "list_backends", "open_video"]
+
+BACKENDS = ("decord", "pyav", "torchcodec")
+_MODULES = {"decord": "decord", "pyav": "av", "torchcodec": "torchcodec.decoders"}
+
+_log = logging.getLogger(__name__)
+
+
+class VideoDecodeError(RuntimeError):
+    """The file exists but yields no (or not all) frames: empty, truncated, not a video, audio only..."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot decode video {self.path}: {reason}")
+
+    def __reduce__(self):
+        # Default exception pickling would call __init__(message) and fail in DataLoader worker round-trips.
+        return type(self), (self.path, self.reason)
+
+
+@cache
+def _importable(backend: str) -> bool:
+    try:
+        importlib.import_module(_MODULES[backend])
+    except (ImportError, OSError, RuntimeError):  # torchcodec raises RuntimeError when FFmpeg is missing
+        return False
+    return True
+
+
+def list_backends() -> list[str]:
+    """Backends whose library imports on this machine, in ``BACKENDS`` order."""
+    return [backend for backend in BACKENDS if _importable(backend)]
+
+
+class VideoReader(ABC):
+    """Random access to the frames of one video; one subclass per backend.
+
+    ``duration`` is ``num_frames / fps`` (exact for constant frame rate, the nominal length otherwise).
+    Readers hold an open decoder: close them (or use ``with``) instead of keeping them around.
+    """
+
+    backend: str
+    path: Path
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        """uint8 ``(T, H, W, 3)``: the frames at ``indices`` in the order asked (repeats allowed)."""
+        if self.closed:
+            raise ValueError(f"get_frames on a closed reader for {self.path}")
+        wanted = [self._check_index(i) for i in indices]
+        if not wanted:
+            return torch.empty((0, self.height, self.width, 3), dtype=torch.uint8)
+        return self._get_frames(wanted)
+
+    def _check_index(self, index: int) -> int:
+        index = operator.index(index)
+        if index < 0:
+            raise IndexError(
+                f"negative frame index {index} for {self.path} (num_frames={self.num_frames}): "
+                f"indices must be in [0, {self.num_frames - 1}], negative indexing is not supported"
+            )
+        if index >= self.num_frames:
+            raise IndexError(
+                f"frame index {index} out of range for {self.path} (num_frames={self.num_frames}, "
+                f"valid indices are 0..{self.num_frames - 1})"
+            )
+        return index
+
+    @abstractmethod
+    def _get_frames(self, indices: list[int]) -> torch.Tensor:
+        """``indices`` are validated; may be unsorted and repeat."""
+
+    @property
+    @abstractmethod
+    def closed(self) -> bool: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the decoder; idempotent."""
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, num_frames={self.num_frames}, fps={self.fps:.3f}, "
+            f"size={self.width}x{self.height})"
+        )
+
+
+def open_video(path: str | Path, backend: str = "decord", *, num_threads: int = 1) -> VideoReader:
+    """Open ``path`` for frame-exact random access with ``backend`` (one of ``BACKENDS``).
+
+    ``num_threads`` is the decoder's thread count (0 = FFmpeg's automatic choice); data-loader workers want 1.
+    Raises FileNotFoundError for a missing path, VideoDecodeError for a file without a decodable video
+    stream, ImportError when the backend's library is not installed.
+
+    With ``backend="decord"`` the returned reader may be a PyAV one (``reader.backend == "pyav"``): decord
+    builds its own frame index and seeks with it, and on files where that index disagrees with the PyAV
+    packet table (e.g. MPEG-4 AVI with B-frames, where decord gets no pts for a third of the packets and then
+    returns neighbouring frames) only PyAV is frame-exact.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+    if num_threads < 0:
+        raise ValueError(f"num_threads must be >= 0 (0 = automatic), got {num_threads}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "video file not found", str(path))
+    if not path.is_file():
+        raise VideoDecodeError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    if backend == "torchcodec":
+        return TorchCodecReader(path, num_threads)
+    pyav_reader = PyAVReader(path, num_threads)
+    if backend == "pyav":
+        return pyav_reader
+    return _open_decord(pyav_reader, num_threads)
+
+
+class PyAVReader(VideoReader):
+    """Decodes with PyAV, seeking only when a keyframe lies between the current position and the target.
+
+    Requested frames are visited in ascending order: targets in the same GOP (or with no keyframe between
+    them) are reached by decoding forward, a far or backward jump seeks to the last keyframe at or before
+    the target.  Decoded frames are identified by pts, so wherever a seek lands the right frame comes out;
+    if the target never appears (seek landed after it, decoder dropped it) decoding restarts from the first
+    packet once before giving up with VideoDecodeError.
+    """
+
+    backend = "pyav"
+
+    def __init__(self, path: Path, num_threads: int = 1):
+        import av
+
+        self.path = path
+        try:
+            self._container = av.open(str(path), metadata_errors="ignore")
+        except (av.FFmpegError, OSError) as e:
+            raise VideoDecodeError(path, f"cannot open container ({e})") from e
+        try:
+            self._stream = self._video_stream()
+            self._stream.codec_context.thread_count = num_threads
+            if num_threads != 1:
+                self._stream.codec_context.thread_type = "AUTO"  # frame + slice threads
+            self._build_index()
+            self._frames: Iterator[tuple[int, av.VideoFrame]] | None = None
+            self._pos = -1  # display index of the last frame the current decode pass produced
+            first = self._first_frame()
+        except BaseException:
+            self._container.close()
+            raise
+        self._coded_size = (first.width, first.height)
+        # Rotation is read from the first frame's side data (PyAV exposes no stream-level getter).
+        self._quarter_turns = round(first.rotation / 90) % 4
+        self.width, self.height = self._coded_size[:: 1 if self._quarter_turns % 2 == 0 else -1]
+        self.fps = self._average_fps()
+
+    def _video_stream(self) -> av.VideoStream:
+        import av
+
+        video = [
+            s for s in self._container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+        ]
+        if not video:
+            kinds = sorted({s.type for s in self._container.streams}) or ["none"]
+            raise VideoDecodeError(self.path, f"no video stream (streams: {', '.join(kinds)})")
+        stream = video[0]
+        for other in self._container.streams:
+            if other is not stream:
+                other.discard = av.stream.Discard.all  # the demuxer skips their packets: audio is never read
+        return stream
+
+    def _build_index(self) -> None:
+        """Demux the video packets once (no decoding) into the display-order pts table and keyframe list.
+
+        A truncated file ends in a packet flagged corrupt.  With B-frames that packet is not the last one in
+        display order, so the video is cut at the first corrupt frame: every frame kept is complete and
+        frame ``i`` still has the ``i``-th pts.
+        """
+        import av
+
+        pts: list[int] = []
+        keyframes: list[tuple[int, int]] = []  # (pts, dts)
+        start_ts: int | None = None  # smallest dts: where decoding the whole stream starts
+        cut: float = float("inf")
+        try:
+            for packet in self._container.demux(self._stream):
+                # Empty packets are PyAV's end-of-stream flush; discard-flagged ones lie before an MP4 edit
+                # list's start and are never shown.
+                if packet.size == 0 or packet.is_discard:
+                    continue
+                ts = packet.pts if packet.pts is not None else packet.dts
+                if packet.is_corrupt:
+                    cut = min(cut, ts if ts is not None else cut)
+                    continue
+                if ts is None:
+                    raise VideoDecodeError(self.path, "video packets carry no timestamps")
+                pts.append(ts)
+                dts = packet.dts if packet.dts is not None else ts
+                start_ts = dts if start_ts is None else min(start_ts, dts)
+                if packet.is_keyframe:
+                    keyframes.append((ts, dts))
+        except av.FFmpegError as e:
+            raise VideoDecodeError(self.path, f"demuxing failed ({e})") from e
+        pts = sorted(p for p in pts if p < cut)
+        if start_ts is None or not pts:
+            raise VideoDecodeError(self.path, "video stream has no complete packets")
+        self._start_ts = start_ts
+        self._index_of = {p: i for i, p in enumerate(pts)}
+        if len(self._index_of) != len(pts):
+            raise VideoDecodeError(self.path, "video packets have duplicate timestamps")
+        self._pts = pts
+        self.num_frames = len(pts)
+        keyframes = sorted(k for k in keyframes if k[0] < cut)
+        self._key_index = [self._index_of[p] for p, _ in keyframes]
+        self._key_pts = [p for p, _ in keyframes]
+        self._key_dts = [d for _, d in keyframes]
+
+    def _average_fps(self) -> float:
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        if rate:
+            return float(rate)
+        if self.num_frames > 1 and self._stream.time_base:  # no header rate: derive it from the pts span
+            return (self.num_frames - 1) / float((self._pts[-1] - self._pts[0]) * self._stream.time_base)
+        return 0.0
+
+    def _first_frame(self) -> av.VideoFrame:
+        """Decode the first frame (proves the stream decodes, gives size and rotation); keep it for reuse."""
+        import av
+
+        try:
+            frames = self._decode_from(0)
+            first = next(frames, None)
+        except av.FFmpegError as e:
+            raise VideoDecodeError(self.path, f"decoding the first frame failed ({e})") from e
+        if first is None:
+            raise VideoDecodeError(self.path, "no frame could be decoded")
+        self._frames = _prepend(first, frames)
+        return first[1]
+
+    def _decode_from(self, target: int | None) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Seek to the last keyframe at or before display index ``target`` (None: the first packet)."""
+        k = bisect.bisect_right(self._key_index, target) - 1 if target is not None else -1
+        self._pos = -1
+        if k < 0:
+            self._container.seek(self._start_ts, stream=self._stream, backward=True)
+            return self._decoded(self._container.demux(self._stream))
+        # MP4 indexes seeks by pts, AVI by dts.  Seeking by pts is exact for MP4 (by dts it lands one GOP
+        # early) but in a B-frame AVI, where a keyframe's pts is the next keyframe's dts, it lands one GOP
+        # late: check the first packet and fall back to the keyframe's dts.
+        self._container.seek(self._key_pts[k], stream=self._stream, backward=True)
+        packets = self._container.demux(self._stream)
+        first = next(packets, None)
+        if first is not None and first.dts is not None and first.dts > self._key_dts[k]:
+            self._container.seek(self._key_dts[k], stream=self._stream, backward=True)
+            packets = self._container.demux(self._stream)
+        elif first is not None:
+            packets = _prepend(first, packets)
+        return self._decoded(packets)
+
+    def _decoded(self, packets: Iterator[av.Packet]) -> Iterator[tuple[int, av.VideoFrame]]:
+        for packet in packets:
+            if packet.is_corrupt:
+                # Not indexed, and feeding a truncated H.264 packet makes the decoder raise and lose the
+                # frames it still buffers (the last frames before the cut of a truncated file).
+                continue
+            for frame in packet.decode():
+                index = self._index_of.get(frame.pts if frame.pts is not None else frame.dts)
+                if index is not None:  # frames of unindexed (corrupt, cut off) packets are not addressable
+                    yield index, frame
+
+    def _needs_seek(self, target: int) -> bool:
+        if self._frames is None or target <= self._pos:
+            return True
+        k = bisect.bisect_right(self._key_index, target) - 1
+        # A keyframe after the current position means seeking skips decoding the frames in between.
+        return k >= 0 and self._key_index[k] > self._pos + 1
+
+    def _decode_to(self, target: int) -> av.VideoFrame:
+        import av
+
+        for restart in (target, None):
+            try:
+                if restart is None or self._needs_seek(target):
+                    self._frames = self._decode_from(restart)
+                for index, frame in self._frames:
+                    self._pos = index
+                    if index == target:
+                        return frame
+                    if index > target:
+                        break
+            except av.FFmpegError as e:
+                self._frames = None
+                raise VideoDecodeError(self.path, f"decoding failed before frame {target} ({e})") from e
+            self._frames = None  # the pass overshot or ended without the target
+            _log.debug(
+                "%s: frame %d not reached from its keyframe, decoding from the start", self.path, target
+            )
+        raise VideoDecodeError(self.path, f"frame {target} of {self.num_frames} could not be decoded")
+
+    def _to_array(self, frame: av.VideoFrame) -> np.ndarray:
+        width, height = self._coded_size
+        if (frame.width, frame.height) == (width, height):
+            array = frame.to_ndarray(format="rgb24")  # naming the size would take swscale's slower path
+        else:  # a mid-stream resolution change: rescale to the first frame's size, as decord does
+            array = frame.to_ndarray(format="rgb24", width=width, height=height)
+        # FFmpeg's display matrix angle is counter-clockwise, as is np.rot90 for positive k.
+        return np.rot90(array, self._quarter_turns) if self._quarter_turns else array
+
+    def _get_frames(self, indices: list[int]) -> torch.Tensor:
+        out = np.empty((len(indices), self.height, self.width, 3), dtype=np.uint8)
+        decoded = {target: self._to_array(self._decode_to(target)) for target in sorted(set(indices))}
+        for row, index in enumerate(indices):
+            out[row] = decoded[index]
+        return torch.from_numpy(out)
+
+    @property
+    def closed(self) -> bool:
+        return self._container is None
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._frames = None
+            self._container.close()
+            self._container = None
+
+
+def _prepend(item, rest: Iterator) -> Iterator:
+    yield item
+    yield from rest
+
+
+class DecordReader(VideoReader):
+    """decord's ``get_batch`` on a file whose decord index was checked against the PyAV packet table.
+
+    ``get_batch`` keeps memory flat here (measured: < 1 MB RSS growth over 400 clips from one reader) and
+    handles unsorted and repeated indices itself.  Frames are bit-identical to PyAV's (same libavcodec 62).
+    """
+
+    backend = "decord"
+
+    def __init__(self, path: Path, vr, reference: PyAVReader):
+        self.path = path
+        self._vr = vr
+        self.num_frames = reference.num_frames
+        self.fps = reference.fps
+        self.height, self.width = reference.height, reference.width
+
+    def _get_frames(self, indices: list[int]) -> torch.Tensor:
+        import decord
+
+        try:
+            batch = self._vr.get_batch(indices).asnumpy()
+        except (decord.DECORDError, RuntimeError) as e:
+            raise VideoDecodeError(self.path, f"decord failed to decode frames {indices} ({e})") from e
+        return torch.from_numpy(batch)
+
+    @property
+    def closed(self) -> bool:
+        return self._vr is None
+
+    def close(self) -> None:
+        self._vr = None  # decord frees the native reader (and its decode thread) on deletion
+
+
+def _open_decord(reference: PyAVReader, num_threads: int) -> VideoReader:
+    import decord
+
+    path = reference.path
+    if reference._quarter_turns % 2:
+        # decord 3.4 transposes such frames but copies them into an untransposed buffer: every get_batch
+        # fails with "The size must exactly match".
+        _log.debug("%s: decord cannot read 90-degree rotated video, reading with PyAV", path)
+        return reference
+    try:
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
+    except (decord.DECORDError, RuntimeError) as e:
+        reference.close()
+        raise VideoDecodeError(path, f"decord cannot open it ({e})") from e
+    if not _decord_index_matches(vr, reference):
+        _log.debug("%s: decord's frame index disagrees with the packet table, reading with PyAV", path)
+        return reference
+    reference.close()
+    return DecordReader(path, vr, reference)
+
+
+def _decord_index_matches(vr, reference: PyAVReader) -> bool:
+    """True if decord indexed the same frames at the same times as the PyAV packet table."""
+    if len(vr) != reference.num_frames:
+        return False
+    stream = reference._stream
+    # decord reports (pts - stream start_time) * time_base as float32 seconds.
+    start = stream.start_time or 0
+    ours = (np.asarray(reference._pts, dtype=np.float64) - start) * float(stream.time_base)
+    theirs = vr.get_frame_timestamp(np.arange(len(vr)))[:, 0]
+    return bool(np.allclose(theirs, ours, rtol=0, atol=1e-3))
+
+
+class TorchCodecReader(VideoReader):
+    """torchcodec's ``VideoDecoder`` in exact seek mode (it scans the file, so its frame count is real).
+
+    torchcodec < 0.11 ignores rotation metadata and returns the stored orientation.
+    """
+
+    backend = "torchcodec"
+
+    def __init__(self, path: Path, num_threads: int = 1):
+        try:
+            from torchcodec.decoders import VideoDecoder
+        except (ImportError, OSError, RuntimeError) as e:
+            raise ImportError(
+                f"the torchcodec video backend needs torchcodec: pip install iresvid[torchcodec] ({e})"
+            ) from e
+        self.path = path
+        try:
+            self._decoder = VideoDecoder(
+                str(path), dimension_order="NHWC", num_ffmpeg_threads=num_threads, seek_mode="exact"
+            )
+        except (RuntimeError, ValueError) as e:
+            raise VideoDecodeError(path, f"torchcodec cannot open it ({e})") from e
+        metadata = self._decoder.metadata
+        self.num_frames = len(self._decoder)  # counted by the exact-mode scan, not read from the header
+        self.fps = float(metadata.average_fps or 0.0)
+        self.height, self.width = int(metadata.height), int(metadata.width)
+
+    def _get_frames(self, indices: list[int]) -> torch.Tensor:
+        try:
+            return self._decoder.get_frames_at(indices=indices).data.contiguous()
+        except RuntimeError as e:
+            raise VideoDecodeError(self.path, f"torchcodec failed to decode frames {indices} ({e})") from e
+
+    @property
+    def closed(self) -> bool:
+        return self._decoder is None
+
+    def close(self) -> None:
+        self._decoder = None

@@ -1,0 +1,401 @@
+"""Frame-exact readers of iresvid.data.video_io, checked on genuinely encoded files.
+
+The reference for frame ``i`` is always the ``i``-th frame of a full sequential PyAV decode of the file.  Each
+synthetic frame also carries its own index as the intensity of two large flat halves (16 + 5 i and its
+mirror), so a reader that is off by one frame fails even if the reference were wrong in the same way.
+"""
+
+from __future__ import annotations
+
+import gc
+import pickle
+import random
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from iresvid.data.encode import write_video
+from iresvid.data.video_io import BACKENDS, VideoDecodeError, list_backends, open_video
+
+AVAILABLE = list_backends()
+N, H, W, FPS = 48, 48, 64, 25
+STEP = 5  # intensity step between neighbouring frames in the flat halves
+MAIN = ("mp4", "mp4_bframes", "avi", "avi_bframes")
+# Largest allowed |difference| to the sequential PyAV decode.  decord2 3.4 bundles the same libavcodec 62.28
+# and libswscale 9.5 as PyAV 18.1 and is bit-identical (measured), so both must match exactly.  torchcodec
+# links the system FFmpeg, whose RGB conversion may round differently; 2 levels stays well below STEP.
+TOLERANCE = {"pyav": 0, "decord": 0}
+
+
+def pattern(n: int, h: int = H, w: int = W) -> np.ndarray:
+    """Frame i: left half 16 + STEP*i, right half the reverse ramp, and a small square moving 1 px a frame."""
+    frames = np.zeros((n, h, w, 3), np.uint8)
+    for i in range(n):
+        frames[i, :, : w // 2] = 16 + STEP * i
+        frames[i, :, w // 2 :] = 16 + STEP * (n - 1 - i)
+        x = i % (w - 8)
+        frames[i, h // 2 - 4 : h // 2 + 4, x : x + 8] = (255, 64, 0)
+    return frames
+
+
+def frame_id(frame: np.ndarray) -> int:
+    return round((float(frame[2:12, 2 : frame.shape[1] // 2 - 2].mean()) - 16) / STEP)
+
+
+def sequential_decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
+
+
+def assert_frames(got: torch.Tensor, expected: np.ndarray, backend: str) -> None:
+    assert got.dtype == torch.uint8 and got.shape == expected.shape and got.is_contiguous()
+    diff = np.abs(got.numpy().astype(np.int16) - expected.astype(np.int16)).max(initial=0)
+    assert diff <= TOLERANCE.get(backend, 2), f"max abs difference {diff} to the sequential PyAV decode"
+
+
+def write_with_audio(path: Path, frames: np.ndarray, rate: int = 16000) -> Path:
+    """H.264 video plus an interleaved AAC sine track."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        audio = container.add_stream("aac", rate=rate)
+        t = np.arange(rate * len(frames) // FPS) / rate
+        sine = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+        chunk, sent = 1024, 0
+        for i, frame in enumerate(frames):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            while sent < sine.shape[1] and sent <= (i + 1) * rate // FPS:
+                samples = av.AudioFrame.from_ndarray(sine[:, sent : sent + chunk].copy(), "fltp", "mono")
+                samples.sample_rate = rate
+                container.mux(audio.encode(samples))
+                sent += chunk
+        container.mux(video.encode())
+        container.mux(audio.encode())
+    return path
+
+
+def write_audio_only(path: Path, rate: int = 16000) -> Path:
+    with av.open(str(path), "w") as container:
+        audio = container.add_stream("aac", rate=rate)
+        sine = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)[None]
+        for start in range(0, rate, 1024):
+            samples = av.AudioFrame.from_ndarray(sine[:, start : start + 1024].copy(), "fltp", "mono")
+            samples.sample_rate = rate
+            container.mux(audio.encode(samples))
+        container.mux(audio.encode())
+    return path
+
+
+def write_custom(
+    path: Path, frames: np.ndarray, *, pts_ms: list[int] | None = None, rotation: int = 0
+) -> Path:
+    """H.264 MP4 with explicit millisecond timestamps (variable frame rate) and/or a display rotation."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if pts_ms is not None:
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if pts_ms is not None:
+                video_frame.pts, video_frame.time_base = pts_ms[i], Fraction(1, 1000)
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode())
+    return path
+
+
+def remux_faststart(src: Path, dst: Path) -> Path:
+    """Same packets with the MP4 index (moov) first, as web videos are: a truncated copy still opens."""
+    with av.open(str(src)) as source, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return dst
+
+
+def first_half(src: Path, dst: Path) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("video_io")
+    frames = pattern(N)
+    files = {
+        "mp4": write_video(root / "plain.mp4", frames, fps=FPS),
+        "mp4_bframes": write_video(root / "bframes.mp4", frames, fps=FPS, bframes=2),
+        "avi": write_video(root / "plain.avi", frames, fps=FPS),
+        "avi_bframes": write_video(root / "bframes.avi", frames, fps=FPS, bframes=2),
+        "one_mp4": write_video(root / "one.mp4", frames[:1], fps=FPS),
+        "one_avi": write_video(root / "one.avi", frames[:1], fps=FPS),
+        "with_audio": write_with_audio(root / "with_audio.mp4", frames[:30]),
+        "vfr": write_custom(
+            root / "vfr.mp4", frames[:12], pts_ms=[0, 40, 80, 160, 180, 220, 340, 380, 420, 480, 520, 560]
+        ),
+        "rot90": write_custom(root / "rot90.mp4", frames[:10], rotation=90),
+        "rot180": write_custom(root / "rot180.mp4", frames[:10], rotation=180),
+        "audio_only": write_audio_only(root / "audio_only.m4a"),
+        "random": root / "random.mp4",
+        "zero": root / "zero.mp4",
+    }
+    files["random"].write_bytes(np.random.default_rng(0).bytes(40_000))
+    files["zero"].touch()
+    files["truncated_mp4"] = first_half(files["mp4_bframes"], root / "truncated.mp4")
+    files["truncated_avi"] = first_half(files["avi_bframes"], root / "truncated.avi")
+    faststart = remux_faststart(files["mp4_bframes"], root / "faststart.mp4")
+    files["truncated_faststart_mp4"] = first_half(faststart, root / "truncated_faststart.mp4")
+    return files
+
+
+@pytest.fixture(scope="session")
+def reference(media):
+    cache: dict[str, np.ndarray] = {}
+
+    def get(kind: str) -> np.ndarray:
+        if kind not in cache:
+            cache[kind] = sequential_decode(media[kind])
+        return cache[kind]
+
+    return get
+
+
+def test_list_backends():
+    assert {"pyav", "decord"} <= set(AVAILABLE) <= set(BACKENDS)
+
+
+@pytest.mark.parametrize("kind", MAIN)
+def test_generated_files_have_the_traps(media, reference, kind):
+    """The premise of the other tests: the reference is right and the B-frame files are reordered."""
+    assert [frame_id(f) for f in reference(kind)] == list(range(N))
+    with av.open(str(media[kind])) as container:
+        packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+    pts = [p.pts for p in packets]
+    assert len(packets) == N
+    assert (pts != sorted(pts)) == kind.endswith("bframes")  # stored out of display order
+    if kind == "avi_bframes":
+        assert min(pts) == 1  # AVI + B-frames starts at pts 1: index i is not pts i
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("kind", MAIN)
+def test_metadata(media, backend, kind):
+    with open_video(media[kind], backend) as reader:
+        assert (reader.num_frames, len(reader), reader.height, reader.width) == (N, N, H, W)
+        assert reader.fps == pytest.approx(FPS)
+        assert reader.duration == pytest.approx(N / FPS)
+        assert reader.path == media[kind]
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("kind", MAIN)
+def test_frame_exact(media, reference, backend, kind):
+    expected = reference(kind)
+    last = N - 1
+    index_lists = [
+        [0, 5, 40, 3, last],  # far forward then far backward jumps
+        [last],
+        [7, 7, 7],
+        [12, 13, 14, 15, 16],  # across a keyframe (GOP 12)
+        [last, 0, last],
+        [30, 2, 30, 17, 11, 12],
+        list(range(N)),
+        list(range(last, -1, -1)),
+    ]
+    with open_video(media[kind], backend) as reader:  # one reader: every list starts where the last ended
+        for indices in index_lists:
+            got = reader.get_frames(indices)
+            assert_frames(got, expected[indices], backend)
+            assert [frame_id(f) for f in got.numpy()] == indices
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("kind", MAIN)
+def test_random_clips(media, reference, backend, kind):
+    expected, rng = reference(kind), random.Random(kind)
+    with open_video(media[kind], backend) as reader:
+        for _ in range(25):
+            stride = rng.choice([1, 2, 4])
+            start = rng.randrange(N - 7 * stride)
+            indices = list(range(start, start + 8 * stride, stride))
+            if rng.random() < 0.3:
+                rng.shuffle(indices)
+            assert_frames(reader.get_frames(indices), expected[indices], backend)
+
+
+@pytest.mark.parametrize("num_threads", [0, 2])
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_threaded_decoding_is_exact(media, reference, backend, num_threads):
+    indices = [40, 3, 3, 25, 47, 0]
+    with open_video(media["mp4_bframes"], backend, num_threads=num_threads) as reader:
+        assert_frames(reader.get_frames(indices), reference("mp4_bframes")[indices], backend)
+
+
+@pytest.mark.parametrize("kind", ["mp4", "mp4_bframes", "avi"])
+def test_decord_backend_uses_decord_where_it_is_exact(media, kind):
+    with open_video(media[kind], "decord") as reader:
+        assert reader.backend == "decord"
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_index_types_and_empty_request(media, reference, backend):
+    with open_video(media["mp4"], backend) as reader:
+        expected = reference("mp4")[[4, 2, 4]]
+        for indices in ([4, 2, 4], np.array([4, 2, 4]), torch.tensor([4, 2, 4]), (np.int64(4), 2, 4)):
+            assert_frames(reader.get_frames(indices), expected, backend)
+        assert reader.get_frames([]).shape == (0, H, W, 3)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("bad", [N, N + 100, -1, -N])
+def test_out_of_range_index(media, backend, bad):
+    with open_video(media["mp4"], backend) as reader, pytest.raises(IndexError) as info:
+        reader.get_frames([0, bad])
+    message = str(info.value)
+    assert str(media["mp4"]) in message and str(bad) in message and f"num_frames={N}" in message
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_non_integer_index(media, backend):
+    with open_video(media["mp4"], backend) as reader, pytest.raises(TypeError):
+        reader.get_frames([1.5])
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("kind", ["zero", "truncated_mp4", "random", "audio_only"])
+def test_undecodable_files(media, backend, kind):
+    with pytest.raises(VideoDecodeError) as info:
+        open_video(media[kind], backend)
+    error = info.value
+    assert error.path == media[kind] and error.reason and str(media[kind]) in str(error)
+    clone = pickle.loads(pickle.dumps(error))  # crosses DataLoader worker boundaries intact
+    assert (type(clone), clone.path, clone.reason) == (VideoDecodeError, error.path, error.reason)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_missing_file(tmp_path, backend):
+    missing = tmp_path / "nope" / "missing.mp4"
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        open_video(missing, backend)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("kind", ["truncated_avi", "truncated_faststart_mp4"])
+def test_truncated_file_counts_only_complete_frames(media, reference, backend, kind):
+    """The header still claims N frames; only the packets before the cut (minus the cut one) are real."""
+    with av.open(str(media[kind])) as container:
+        assert container.streams.video[0].frames == N
+    original = reference(kind.replace("truncated_", "").replace("faststart_", "") + "_bframes")
+    with open_video(media[kind], backend) as reader:
+        assert 0 < reader.num_frames < N
+        indices = [reader.num_frames - 1, 0, reader.num_frames // 2, reader.num_frames - 1]
+        # Frames before the cut are complete, so they equal the untruncated file's.
+        assert_frames(reader.get_frames(indices), original[indices], backend)
+        with pytest.raises(IndexError):
+            reader.get_frames([reader.num_frames])
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("kind", ["one_mp4", "one_avi"])
+def test_one_frame_video(media, reference, backend, kind):
+    with open_video(media[kind], backend) as reader:
+        assert reader.num_frames == 1
+        assert_frames(reader.get_frames([0, 0]), reference(kind)[[0, 0]], backend)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_audio_stream_is_ignored(media, reference, backend):
+    expected = reference("with_audio")
+    with av.open(str(media["with_audio"])) as container:
+        assert len(container.streams.audio) == 1
+    with open_video(media["with_audio"], backend) as reader:
+        assert reader.num_frames == len(expected) == 30
+        indices = [29, 0, 14, 15, 3, 29]
+        assert_frames(reader.get_frames(indices), expected[indices], backend)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_variable_frame_rate(media, reference, backend):
+    expected = reference("vfr")
+    with open_video(media["vfr"], backend) as reader:
+        assert reader.num_frames == 12
+        assert reader.duration == pytest.approx(0.6, abs=0.05)  # 560 ms span + one 40 ms frame
+        indices = [11, 0, 6, 5, 3, 11]
+        got = reader.get_frames(indices)
+        assert_frames(got, expected[indices], backend)
+        assert [frame_id(f) for f in got.numpy()] == indices
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("degrees", [90, 180])
+def test_rotation_metadata_is_applied(media, reference, backend, degrees):
+    # The display matrix angle is counter-clockwise, like np.rot90 with positive k.
+    expected = np.ascontiguousarray(np.rot90(reference(f"rot{degrees}"), degrees // 90, axes=(1, 2)))
+    with open_video(media[f"rot{degrees}"], backend) as reader:
+        assert (reader.height, reader.width) == expected.shape[1:3]
+        indices = [9, 2, 2, 5]
+        assert_frames(reader.get_frames(indices), expected[indices], backend)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_memory_stays_bounded(tmp_path, backend):
+    """Many clips from one reader, and many short-lived readers, must not grow the process (decord caches)."""
+    yy, xx = np.mgrid[0:96, 0:128]
+    frames = np.stack(
+        [
+            np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256, (xx // 8 + yy // 8 + i) % 2 * 255], -1)
+            for i in range(90)
+        ]
+    ).astype(np.uint8)
+    path = write_video(tmp_path / "texture.mp4", frames, fps=FPS, bframes=2, gop_size=15)
+    starts = np.random.default_rng(0).integers(0, 90 - 16, 180).tolist()
+    clips = [list(range(start, start + 16, 2)) for start in starts]  # 8 frames, stride 2, anywhere
+    process = psutil.Process()
+    with open_video(path, backend) as reader:
+        for indices in clips[:20]:  # warm-up: codec tables, allocator pools
+            reader.get_frames(indices)
+        gc.collect()
+        before = process.memory_info().rss
+        for indices in clips[20:]:
+            reader.get_frames(indices)
+    for indices in clips[:40]:
+        with open_video(path, backend) as reader:
+            reader.get_frames(indices)
+    gc.collect()
+    grown = (process.memory_info().rss - before) / 2**20
+    assert grown < 50, f"RSS grew by {grown:.1f} MB"
+
+
+def test_reader_lifecycle(media):
+    reader = open_video(media["mp4"], "pyav")
+    with reader:
+        assert not reader.closed and "num_frames=48" in repr(reader)
+    assert reader.closed
+    reader.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        reader.get_frames([0])
+
+
+def test_argument_errors(media):
+    with pytest.raises(ValueError, match="unknown video backend"):
+        open_video(media["mp4"], "opencv")
+    with pytest.raises(ValueError, match="num_threads"):
+        open_video(media["mp4"], "pyav", num_threads=-1)
+    with pytest.raises(VideoDecodeError, match="not a regular file"):
+        open_video(media["mp4"].parent, "pyav")
+
+
+@pytest.mark.skipif("torchcodec" in AVAILABLE, reason="torchcodec is installed")
+def test_torchcodec_missing_names_the_extra(media):
+    with pytest.raises(ImportError, match=r"pip install iresvid\[torchcodec\]"):
+        open_video(media["mp4"], "torchcodec")
