@@ -1,0 +1,1 @@
+"""Training machinery: distributed setup, optimisation, evaluation, checkpoints, metrics and the trainer."""
