@@ -1,13 +1,50 @@
 """The ``iresvid`` command: thin argument parsing over the library.
 
-iresvid zoo [--pattern 'iresnet*'] [--markdown] [--no-flops]
-iresvid make-demo-data ROOT [--layout ucf101|kinetics] [--seed 0]
+Subcommands: ``zoo`` (params and GFLOPs of every model), ``make-demo-data ROOT`` (the synthetic motion
+dataset), ``config`` (every config key with its type, default and meaning).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+from pathlib import Path
+
+# Errors that are the user's to fix: printed as one clear line, no traceback.
+_USER_ERRORS = ("ConfigError", "CheckpointError", "CheckpointWriteError", "DatasetUnreadableError")
+
+
+def setup_logging(output_dir: str | Path | None) -> None:
+    """INFO to stderr on the main process (warnings only elsewhere), and to ``output_dir/log.txt``."""
+    rank = int(os.environ.get("RANK", "0"))
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if output_dir is not None and rank == 0:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(Path(output_dir) / "log.txt"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [{rank}] %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def run_guarded(fn) -> int:
+    """Run a command; a mistake in its input ends it with a one-line message and exit code 2."""
+    try:
+        fn()
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if type(e).__name__ in _USER_ERRORS:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
 
 
 def _zoo(args: argparse.Namespace) -> int:
@@ -28,7 +65,15 @@ def _make_demo_data(args: argparse.Namespace) -> int:
     from iresvid.data.synthetic import make_demo_data
 
     summary = make_demo_data(args.root, layout=args.layout, seed=args.seed)
-    print(summary)
+    print(summary.summary())
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from iresvid.config import describe_schema
+
+    for key, type_name, default, help_text in describe_schema():
+        print(f"{key:<32} {type_name:<18} {default:<28} {help_text}")
     return 0
 
 
@@ -48,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--layout", choices=("ucf101", "kinetics"), default="ucf101")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_make_demo_data)
+
+    config = sub.add_parser("config", help="every config key with its type, default and meaning")
+    config.set_defaults(func=_config)
     return parser
 
 

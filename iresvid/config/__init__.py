@@ -159,6 +159,10 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError(
             f"'data.jitter_sizes' {d.jitter_sizes} must satisfy data.crop_size ({d.crop_size}) <= min <= max"
         )
+    if d.test_crop_size is not None and d.test_crop_size > d.test_size:
+        raise ConfigError(
+            f"'data.test_crop_size' ({d.test_crop_size}) must be <= data.test_size ({d.test_size})"
+        )
     for key, values in (("data.mean", d.mean), ("data.std", d.std)):
         if values is not None and len(values) != 3:
             raise ConfigError(f"'{key}' needs 3 values (RGB), got {values}")

@@ -294,7 +294,8 @@ class GpuAugment(nn.Module):
 
 
 class EvalViews(nn.Module):
-    """Test-time spatial views: resize the short side to ``size``, then take ``num_crops`` square crops.
+    """Test-time spatial views: resize the short side to ``size``, then take ``num_crops`` square crops of
+    ``crop_size`` (default ``size``: SlowFast's full-height 256 crops; ImageNet's protocol is 256 → 224).
 
     ``num_crops=1``: the centre crop; ``num_crops=3``: start, centre and end of the long side
     (left/centre/right for landscape frames, top/centre/bottom for portrait), as SlowFast and pytorchvideo's
@@ -313,6 +314,7 @@ class EvalViews(nn.Module):
         size: int = 224,
         num_crops: int = 3,
         *,
+        crop_size: int | None = None,
         mean: Sequence[float] = KINETICS_MEAN,
         std: Sequence[float] = KINETICS_STD,
         channels_last: bool = False,
@@ -320,16 +322,18 @@ class EvalViews(nn.Module):
         super().__init__()
         if num_crops not in (1, 3):
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
+        crop_size = size if crop_size is None else crop_size
+        if not 1 <= crop_size <= size:
+            raise ValueError(f"need 1 <= crop_size <= size, got crop_size {crop_size} and size {size}")
         self.size = size
+        self.crop_size = crop_size
         self.num_crops = num_crops
         self.channels_last = channels_last
         self.normalize = _Normalize(mean, std)
 
     def crop_offsets(self, height: int, width: int) -> list[tuple[int, int]]:
         """``(top, left)`` of each view in a frame whose short side is ``size``, in view order."""
-        size = self.size
+        size = self.crop_size
         top, left = math.ceil((height - size) / 2), math.ceil((width - size) / 2)
         if self.num_crops == 1:
             return [(top, left)]
@@ -350,7 +354,7 @@ class EvalViews(nn.Module):
             planes = F.interpolate(planes, size=new_hw, mode="bilinear", antialias=True, align_corners=False)
             x = planes.view(*x.shape[:-2], *new_hw)
             height, width = new_hw
-        s = self.size
+        s = self.crop_size
         views = torch.stack(
             [x[..., t : t + s, l : l + s] for t, l in self.crop_offsets(height, width)], dim=1
         )

@@ -1,0 +1,97 @@
+"""Models from configs and checkpoints: shared by training, evaluation, feature extraction and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from iresvid.config import Config, ConfigError, load_config
+from iresvid.models import create_model
+from iresvid.models.weights import extract_state_dict, read_checkpoint
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    """The model a config describes, with its pretrained weights (inflated 2D weights included)."""
+    m = cfg.model
+    kwargs = dict(
+        width_scale=m.width_scale,
+        drop_rate=m.drop_rate,
+        zero_init_last=m.zero_init_last,
+        frozen_stages=m.frozen_stages,
+        norm_eval=m.norm_eval,
+    )
+    optional = dict(
+        depth=m.depth,
+        inflate=m.inflate,
+        temporal_strides=m.temporal_strides,
+        stem_temporal_kernel=m.stem_temporal_kernel,
+        layers=m.layers,
+    )
+    kwargs.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in optional.items() if v is not None})
+    try:
+        if m.pretrained and m.reset_classifier:
+            # Fine-tuning: everything but the checkpoint's classifier (num_classes=0), then a fresh one.
+            model = create_model(
+                m.name, num_classes=0, pretrained=m.pretrained, inflate_init=m.inflate_init, **kwargs
+            )
+            model.reset_classifier(num_classes)
+        else:
+            model = create_model(
+                m.name,
+                num_classes=num_classes,
+                pretrained=m.pretrained,
+                inflate_init=m.inflate_init,
+                **kwargs,
+            )
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"model: {e}") from e
+    if m.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def norm_stats(cfg: Config, model: nn.Module) -> tuple[list[float], list[float]]:
+    """Normalisation mean/std: the config's, else the model's default (Kinetics or ImageNet values)."""
+    defaults = model.pretrained_cfg
+    return list(cfg.data.mean or defaults["mean"]), list(cfg.data.std or defaults["std"])
+
+
+def load_trained(
+    checkpoint: str | Path, cfg: Config | None = None, *, overrides: list[str] = (), use_ema: bool = True
+) -> tuple[nn.Module, Config, list[str]]:
+    """A model trained by `Trainer`, from its checkpoint: (model in eval mode, config, class names).
+
+    The config saved in the checkpoint is used unless ``cfg`` is given; the EMA weights when present.
+    """
+    state = read_checkpoint(checkpoint)
+    if not isinstance(state, dict) or "classes" not in state or "model" not in state:
+        raise ValueError(
+            f"{checkpoint} is not an iresvid training checkpoint (no 'model'/'classes'); to evaluate other "
+            f"weights, build the model with iresvid.create_model(name, pretrained=...)"
+        )
+    if cfg is None:
+        cfg = _config_from_checkpoint(state, overrides)
+    classes = list(state["classes"])
+    cfg.model.pretrained = None
+    model = build_model(cfg, len(classes))
+    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
+    weights = extract_state_dict(weights, source=str(checkpoint))
+    weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
+    model.load_state_dict(weights)
+    return model.eval(), cfg, classes
+
+
+def _config_from_checkpoint(state: dict, overrides) -> Config:
+    import tempfile
+
+    import yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(state["config"], f)
+    try:
+        return load_config(f.name, list(overrides))
+    finally:
+        Path(f.name).unlink()

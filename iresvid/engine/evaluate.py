@@ -1,0 +1,104 @@
+"""Clip- and video-level evaluation over ``num_clips × num_crops`` views, in bounded memory.
+
+Clip level scores every view (one clip, one crop) on its own.  Video level averages the softmax
+probabilities of all of a video's views (SlowFast / mmaction2 "average as probabilities").  A loader batch
+of N clips becomes N × num_crops views, run through the model ``chunk`` views at a time, so memory does not
+grow with num_crops; per video only a running sum of probabilities is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iresvid.data.loader import to_device
+from iresvid.data.transforms import EvalViews
+from iresvid.engine.dist import all_reduce_sum, gather_objects
+from iresvid.engine.metrics import AccuracyMeter
+
+
+@dataclass
+class EvalResult:
+    clip: AccuracyMeter
+    video: AccuracyMeter
+    loss: float
+    num_videos: int
+    failed: list[tuple[str, str]] = field(default_factory=list)  # videos with no readable view
+
+    def summary(self, prefix: str = "") -> dict[str, float]:
+        out = {f"{prefix}loss": self.loss}
+        for level, meter in (("clip", self.clip), ("video", self.video)):
+            metrics = meter.compute()
+            for name in ("top1", "top5", "mean_class_accuracy"):
+                out[f"{prefix}{level}_{name}"] = metrics[name]
+        out[f"{prefix}failed_videos"] = len(self.failed)
+        return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    views: EvalViews,
+    *,
+    num_classes: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    chunk: int = 32,
+    progress=None,
+) -> EvalResult:
+    """Evaluate ``model`` on an evaluation-mode `ClipDataset` loader (sharded or not)."""
+    dataset = loader.dataset
+    num_videos = dataset.num_videos
+    video_scores = torch.zeros(num_videos, num_classes, dtype=torch.float64)
+    video_views = torch.zeros(num_videos, dtype=torch.float64)
+    clip_meter = AccuracyMeter(num_classes)
+    loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of views)
+    failures: list[tuple[str, str]] = []
+    was_training = model.training
+    model.eval()
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    )
+    for batch in progress(loader) if progress else loader:
+        failures.extend(batch["failures"])
+        keep = batch["valid"]
+        if not keep.any():
+            continue
+        video_index = batch["video_index"][keep]
+        labels = batch["label"][keep]
+        batch = to_device({"input": batch["input"][keep], "size": batch["size"][keep]}, device)
+        x = views(batch["input"], sizes=batch["size"].cpu())  # (N * crops, C, [T,] S, S)
+        with autocast:
+            logits = torch.cat([model(part) for part in x.split(chunk)]).float().cpu()
+        targets = labels.repeat_interleave(views.num_crops)
+        loss_sum += torch.tensor([F.cross_entropy(logits, targets, reduction="sum").item(), len(targets)])
+        clip_meter.update(logits, targets)
+        probs = logits.softmax(-1).double().view(len(labels), views.num_crops, -1).sum(1)
+        video_scores.index_add_(0, video_index, probs)
+        video_views.index_add_(
+            0, video_index, torch.full((len(labels),), float(views.num_crops), dtype=torch.float64)
+        )
+    model.train(was_training)
+
+    # Combine processes: each evaluated a disjoint shard of the views.
+    all_reduce_sum(video_scores_dev := video_scores.to(device))
+    all_reduce_sum(video_views_dev := video_views.to(device))
+    all_reduce_sum(loss_dev := loss_sum.to(device))
+    clip_meter.reduce(all_reduce_sum, device)
+    video_scores, video_views = video_scores_dev.cpu(), video_views_dev.cpu()
+    failures = [f for part in gather_objects(failures) for f in part]
+
+    labels = torch.tensor([r.label for r in dataset.records])
+    seen = video_views > 0
+    video_meter = AccuracyMeter(num_classes)
+    if seen.any():
+        video_meter.update(video_scores[seen] / video_views[seen, None], labels[seen])
+    unread = {str(dataset.records[i].path) for i in torch.nonzero(~seen).flatten().tolist()}
+    failed = sorted({f for f in failures if f[0] in unread})
+    loss = (loss_dev[0] / loss_dev[1].clamp(min=1)).item()
+    return EvalResult(clip_meter, video_meter, loss, int(seen.sum()), failed)
