@@ -80,6 +80,12 @@ def test_kinetics_classes_file_formats_and_unknown_class(tmp_path):
         assert ann.classes == ["z", "b c"] and ann.records[0].label == 1
         assert str(classes_file) in ann.summary()
     assert kinetics_csv(csv_file, tmp_path / "v", classes=["b c", "q"]).records[0].label == 0
+    assert kinetics_csv(csv_file, tmp_path / "v", classes_file=as_text, classes=["z", "b c"]).classes == [
+        "z",
+        "b c",
+    ]
+    with pytest.raises(ValueError, match="differ from those of .*classes.txt"):
+        kinetics_csv(csv_file, tmp_path / "v", classes_file=as_text, classes=["b c", "z"])
     write(tmp_path / "other.txt", "z\ny\n")
     with pytest.raises(ValueError, match=r"k\.csv:2: unknown class 'b c'"):
         kinetics_csv(csv_file, tmp_path / "v", classes_file=tmp_path / "other.txt")

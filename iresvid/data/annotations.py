@@ -104,14 +104,13 @@ def kinetics_csv(
 
     Videos are ``{youtube_id}_{time_start:06d}_{time_end:06d}{ext}``, flat in ``video_root`` or in class
     folders named by the label or by the label with spaces replaced by underscores.  The class index comes
-    from ``classes_file`` or ``classes`` (pass ``train.classes`` when reading val) or else is the sorted label
-    names of the whole CSV (before ``split`` filtering).  Test CSVs without a label column raise unless
-    ``require_labels=False``, which lists their videos with label -1: not usable for training.
+    from ``classes_file`` or ``classes`` (pass ``train.classes`` when reading val; given both, they must
+    agree) or else is the sorted label names of the whole CSV (before ``split`` filtering).  Test CSVs
+    without a label column raise unless ``require_labels=False``, which lists their videos with label -1:
+    not usable for training.
     """
     csv_path, video_root = Path(csv_path), Path(video_root)
     _require_dir(video_root, csv_path)
-    if classes_file is not None and classes is not None:
-        raise ValueError("kinetics_csv: give classes_file or classes, not both")
     with open(csv_path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)  # the csv module, because labels may hold commas inside quotes
         rows = [(reader.line_num, [cell.strip() for cell in row]) for row in reader]
@@ -141,6 +140,10 @@ def kinetics_csv(
 
     if classes_file is not None:
         names, origin = read_class_index(classes_file), f"class-index file {classes_file}"
+        if classes is not None and list(classes) != names:
+            raise ValueError(
+                f"the classes given differ from those of {classes_file}: the labels would be permuted"
+            )
     elif classes is not None:
         names, origin = list(classes), "the class list given"
     elif labeled:
