@@ -1,0 +1,346 @@
+"""Per-video features for downstream pipelines (retrieval, linear probes, temporal models), in bounded memory.
+
+The views are the evaluation protocol's (`iresvid.engine.evaluate`): ``data.num_clips`` uniform clips ×
+``data.num_crops`` crops per video.  Levels:
+
+- ``pooled``: the classifier's input, ``forward_head(forward_features(x), pre_logits=True)``, averaged over
+  a video's views: ``(num_videos, C)``.
+- ``stages``: the maps of ``out_indices`` (0 = stem, k = stage k, as ``features_only``) from
+  `forward_intermediates`, each averaged over (T, H, W) and then over the views, concatenated along the
+  channels (``columns`` says which columns are which stage); or, with ``keep_spatial``, every clip's
+  unpooled maps (``.pt`` only), refused up front when they would exceed ``max_bytes``.
+
+Like evaluation, only running sums per video are kept for pooled features.  A video whose clips cannot be
+read is left out and listed under ``failed``; one read only in part is averaged over the views read and
+listed under ``incomplete``: nothing is replaced or filled in.  Single process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from iresvid.config import Config, ConfigError
+from iresvid.data.build import build_dataset
+from iresvid.data.datasets import DatasetUnreadableError
+from iresvid.data.loader import build_loader, to_device
+from iresvid.data.transforms import EvalViews
+from iresvid.engine.build import build_model, load_trained, norm_stats
+from iresvid.engine.trainer import AMP_DTYPES
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("pooled", "stages")
+OUTPUT_SUFFIXES = (".npy", ".pt")
+DEFAULT_MAX_BYTES = 8 * 2**30
+
+
+@dataclass
+class FeatureResult:
+    """Features of the videos read (rows in dataset order) and what a downstream pipeline needs with them.
+
+    ``features``: float32 ``(num_videos, C)``; with ``keep_spatial`` a dict stage name → float32
+    ``(num_clips_read, num_crops, C, [T,] H, W)`` whose rows are described by ``clips``.
+    """
+
+    features: torch.Tensor | dict[str, torch.Tensor]
+    level: str
+    layout: str
+    paths: list[str]
+    video_ids: list[str]
+    labels: list[int]
+    classes: list[str]
+    num_views: list[int]
+    columns: dict[str, list[int]] = field(default_factory=dict)  # stage → [start, end) (pooled stages)
+    clips: list[tuple[int, int]] = field(default_factory=list)  # keep_spatial: (video row, clip index)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): no view could be read
+    incomplete: list[dict] = field(default_factory=list)  # videos averaged over fewer views than asked
+
+    def metadata(self) -> dict:
+        """Everything but the features, as JSON-able values."""
+        keys = ("level", "layout", "paths", "video_ids", "labels", "classes", "num_views", "columns")
+        meta = {k: getattr(self, k) for k in keys}
+        meta["clips"] = [list(c) for c in self.clips]
+        meta["failed"] = [{"path": p, "reason": r} for p, r in self.failed]
+        meta["incomplete"] = self.incomplete
+        return meta
+
+
+def level_name(index: int) -> str:
+    return "stem" if index == 0 else f"stage{index}"
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    loader,
+    views: EvalViews,
+    *,
+    level: str = "pooled",
+    out_indices: Sequence[int] | None = None,
+    keep_spatial: bool = False,
+    device: torch.device = torch.device("cpu"),
+    amp_dtype: torch.dtype | None = None,
+    chunk: int = 32,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    progress=None,
+) -> FeatureResult:
+    """Features of every video of an evaluation-mode `ClipDataset` loader (not sharded, not shuffled).
+
+    ``out_indices`` (default: every level) and ``keep_spatial`` apply to ``level="stages"``.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if level == "pooled" and (out_indices is not None or keep_spatial):
+        raise ValueError("out_indices and keep_spatial select stage maps: they need level='stages'")
+    names, indices = ["pooled"], []
+    if level == "stages":
+        indices = _check_indices(model, out_indices)
+        names = [level_name(i) for i in indices]
+    dataset = loader.dataset
+    num_videos, num_clips, crops = dataset.num_videos, dataset.num_clips, views.num_crops
+    was_training = model.training
+    model.eval()
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    )
+
+    def embed(x: torch.Tensor) -> list[torch.Tensor]:
+        with autocast:
+            if level == "pooled":
+                out = [model.forward_head(model.forward_features(x), pre_logits=True)]
+            else:
+                maps = model.forward_intermediates(x)
+                out = [maps[i] if keep_spatial else maps[i].flatten(2).mean(-1) for i in indices]
+        return [o.float().cpu() for o in out]
+
+    sums: torch.Tensor | None = None  # (num_videos, sum of C) float64: pooled features summed over views
+    spatial: list[torch.Tensor] = []  # keep_spatial: per stage (num_videos * num_clips, crops, C, ...)
+    channels: list[int] = []  # per stage, from the first batch read
+    clip_read = torch.zeros(num_videos * num_clips, dtype=torch.bool)
+    views_read = torch.zeros(num_videos, dtype=torch.long)
+    failures: list[tuple[str, str]] = []
+    for batch in progress(loader) if progress else loader:
+        failures.extend(batch["failures"])
+        keep = batch["valid"]
+        if not keep.any():
+            continue
+        video_index = batch["video_index"][keep]
+        rows = video_index * num_clips + batch["clip_index"][keep]
+        inputs = to_device({"input": batch["input"][keep], "size": batch["size"][keep]}, device)
+        x = views(inputs["input"], sizes=inputs["size"].cpu())  # (N * crops, C, [T,] S, S), sample-major
+        parts = [embed(part) for part in x.split(chunk)]
+        outputs = [torch.cat(stage).unflatten(0, (len(rows), crops)) for stage in zip(*parts, strict=True)]
+        if not channels:
+            channels = [out.shape[2] for out in outputs]
+            if keep_spatial:
+                spatial = _allocate(outputs, num_videos * num_clips, names, max_bytes)
+            else:
+                sums = torch.zeros(num_videos, sum(channels), dtype=torch.float64)
+        if keep_spatial:
+            for store, out in zip(spatial, outputs, strict=True):
+                store[rows] = out
+        else:
+            sums.index_add_(0, video_index, torch.cat(outputs, dim=-1).double().sum(1))
+        clip_read[rows] = True
+        views_read.index_add_(0, video_index, torch.full_like(video_index, crops))
+    model.train(was_training)
+
+    records = dataset.records
+    reasons: dict[str, str] = {}
+    for path, reason in failures:
+        reasons.setdefault(path, reason)
+    unread = [str(records[v].path) for v in range(num_videos) if views_read[v] == 0]
+    failed = [(path, reasons.get(path, "not read")) for path in unread]
+    if failed:
+        log.warning("%d of %d videos could not be read and are left out", len(failed), num_videos)
+    if not channels:
+        listing = "; ".join(f"{p}: {r}" for p, r in failed[:5])
+        raise DatasetUnreadableError(f"no video of {dataset.source} could be read: {listing}")
+    read = torch.nonzero(views_read > 0).flatten()
+    incomplete = [
+        {
+            "path": str(records[v].path),
+            "views": int(views_read[v]),
+            "reason": reasons.get(str(records[v].path)),
+        }
+        for v in read.tolist()
+        if views_read[v] < num_clips * crops
+    ]
+
+    columns, clips = {}, []
+    if keep_spatial:
+        clip_rows = torch.nonzero(clip_read).flatten()
+        row_of_video = {v: r for r, v in enumerate(read.tolist())}
+        clips = [(row_of_video[r // num_clips], r % num_clips) for r in clip_rows.tolist()]
+        dims = "C, T, H, W" if spatial[0].ndim == 6 else "C, H, W"
+        layout = f"per stage (clips read, num_crops, {dims}); rows described by 'clips'"
+        features = {}
+        for name in names:
+            # One stage at a time, so leaving out unread clips holds at most one extra stage in memory.
+            store = spatial.pop(0)
+            features[name] = store if len(clip_rows) == len(store) else store[clip_rows]
+            del store
+    else:
+        features = (sums[read] / views_read[read, None]).float()
+        bounds = np.cumsum([0, *channels]).tolist()
+        columns = {name: bounds[i : i + 2] for i, name in enumerate(names)}
+        layout = "(num_videos, channels)" if level == "pooled" else "(num_videos, channels of every stage)"
+    return FeatureResult(
+        features=features,
+        level=level,
+        layout=layout,
+        paths=[str(records[v].path) for v in read.tolist()],
+        video_ids=[records[v].video_id for v in read.tolist()],
+        labels=[records[v].label for v in read.tolist()],
+        classes=list(dataset.classes),
+        num_views=views_read[read].tolist(),
+        columns=columns,
+        clips=clips,
+        failed=failed,
+        incomplete=incomplete,
+    )
+
+
+def save_features(result: FeatureResult, path: str | Path, extra: dict | None = None) -> list[Path]:
+    """Write ``result``: ``.npy`` (the features array) + a ``.json`` sidecar, or one ``.pt`` dict with the
+    features, ``labels`` as a tensor and the metadata.  Returns the files written."""
+    path = Path(path)
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"features are written as {' or '.join(OUTPUT_SUFFIXES)}, got {path}")
+    meta = {**result.metadata(), **(extra or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".pt":
+        torch.save({"features": result.features, **meta, "labels": torch.tensor(result.labels)}, path)
+        return [path]
+    if isinstance(result.features, dict):
+        raise ValueError("spatial maps (keep_spatial) are written as .pt only: one array per stage")
+    np.save(path, result.features.numpy())
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text(json.dumps({**meta, "shape": list(result.features.shape)}, indent=2))
+    return [path, sidecar]
+
+
+def run_extract(
+    out: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    cfg: Config | None = None,
+    split: str = "val",
+    level: str = "pooled",
+    out_indices: Sequence[int] | None = None,
+    keep_spatial: bool = False,
+    overrides: Sequence[str] = (),
+    use_ema: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> tuple[FeatureResult, list[Path]]:
+    """Extract features of ``split`` with a training ``checkpoint`` (its config unless ``cfg`` is given),
+    or with the model ``cfg.model`` describes (``model.name``, ``model.pretrained``); write them to ``out``.
+    """
+    out = Path(out)
+    if out.suffix not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"features are written as {' or '.join(OUTPUT_SUFFIXES)}, got {out}")
+    if keep_spatial and out.suffix != ".pt":
+        raise ConfigError(f"spatial maps (keep_spatial) are written as .pt only, got {out}")
+    if checkpoint is not None:
+        model, cfg, classes = load_trained(checkpoint, cfg, overrides=list(overrides), use_ema=use_ema)
+        source = {"checkpoint": str(checkpoint)}
+    elif cfg is not None:
+        if not cfg.model.pretrained:
+            log.warning("model.pretrained is not set: these are features of a randomly initialised model")
+        model, classes = build_model(cfg, 0).eval(), None
+        source = {"model": cfg.model.name, "pretrained": cfg.model.pretrained}
+    else:
+        raise ConfigError("give a training checkpoint or a config naming the model")
+    d = cfg.data
+    device_name = cfg.train.device
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    model.to(device)
+    dataset = build_dataset(
+        d, split, mode="eval", classes=classes, num_clips=d.num_clips, seed=cfg.train.seed
+    )
+    loader = build_loader(
+        dataset,
+        batch_size=max(1, (d.eval_batch_size or d.batch_size) // d.num_crops),
+        shuffle=False,
+        num_workers=d.num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=d.prefetch_factor,
+    )
+    mean, std = norm_stats(cfg, model)
+    views = EvalViews(
+        d.test_size,
+        d.num_crops,
+        crop_size=d.test_crop_size,
+        mean=mean,
+        std=std,
+        channels_last=cfg.model.channels_last,
+    ).to(device)
+    progress = None
+    if cfg.train.progress:
+        from tqdm.auto import tqdm
+
+        def progress(it):
+            return tqdm(it, desc=f"features {d.num_clips}×{d.num_crops} views", dynamic_ncols=True)
+
+    result = extract_features(
+        model,
+        loader,
+        views,
+        level=level,
+        out_indices=out_indices,
+        keep_spatial=keep_spatial,
+        device=device,
+        amp_dtype=AMP_DTYPES[cfg.train.amp],
+        chunk=d.eval_batch_size or d.batch_size,
+        max_bytes=max_bytes,
+        progress=progress,
+    )
+    extra = {
+        **source,
+        "model_name": cfg.model.name,
+        "split": split,
+        "num_clips": d.num_clips,
+        "num_crops": d.num_crops,
+        "clip": {"num_frames": d.num_frames, "frame_stride": d.frame_stride},
+        "views": {"test_size": d.test_size, "crop_size": d.test_crop_size or d.test_size},
+        "mean": mean,
+        "std": std,
+    }
+    return result, save_features(result, out, extra)
+
+
+def _check_indices(model: nn.Module, out_indices: Sequence[int] | None) -> list[int]:
+    num_levels = len(model.feature_info)
+    indices = list(range(num_levels) if out_indices is None else out_indices)
+    bad = [i for i in indices if not -num_levels <= i < num_levels]
+    if bad or not indices or len({i % num_levels for i in indices}) != len(indices):
+        raise ConfigError(
+            f"out_indices {list(indices)}: need distinct levels of this model's {num_levels} "
+            f"(0 = stem, 1..{num_levels - 1} = stages)"
+        )
+    return [i % num_levels for i in indices]
+
+
+def _allocate(outputs: list[torch.Tensor], rows: int, names: list[str], max_bytes: int) -> list[torch.Tensor]:
+    """Room for every clip's maps, once their shapes are known, or a clear refusal when it is too much."""
+    shapes = [(rows, *o.shape[1:]) for o in outputs]
+    needed = sum(4 * int(np.prod(s)) for s in shapes)
+    if needed > max_bytes:
+        listing = ", ".join(f"{n} {tuple(s[1:])}" for n, s in zip(names, shapes, strict=True))
+        raise ConfigError(
+            f"keeping the spatial maps of {rows} clips needs {needed / 2**30:.2f} GiB ({listing} per clip), "
+            f"more than the limit of {max_bytes / 2**30:.2f} GiB: pick fewer --out-indices, fewer views "
+            f"(data.num_clips=, data.num_crops=1), pooled maps (no --keep-spatial), or a higher --max-gib"
+        )
+    return [torch.empty(s) for s in shapes]
