@@ -1,7 +1,8 @@
 """The ``iresvid`` command: thin argument parsing over the library.
 
-Subcommands: ``zoo`` (params and GFLOPs of every model), ``make-demo-data ROOT`` (the synthetic motion
-dataset), ``config`` (every config key with its type, default and meaning).
+Subcommands: ``train`` and ``test`` (also ``tools/train.py``, ``tools/test.py``), ``zoo`` (params and
+GFLOPs of every model), ``make-demo-data ROOT`` (the synthetic motion dataset), ``config`` (every config key
+with its type, default and meaning).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import sys
 from pathlib import Path
 
 # Errors that are the user's to fix: printed as one clear line, no traceback.
-_USER_ERRORS = ("ConfigError", "CheckpointError", "CheckpointWriteError", "DatasetUnreadableError")
+_USER_ERRORS = (
+    "ConfigError",
+    "CheckpointError",
+    "CheckpointWriteError",
+    "DatasetUnreadableError",
+    "ExportCheckError",
+)
 
 
 def setup_logging(output_dir: str | Path | None) -> None:
@@ -69,6 +76,42 @@ def _make_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    def run():
+        import json
+
+        from iresvid.config import load_config
+        from iresvid.engine.trainer import train
+
+        overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
+        cfg = load_config(args.config, overrides)
+        setup_logging(cfg.train.output_dir)
+        print(json.dumps(train(cfg), indent=2))
+
+    return run_guarded(run)
+
+
+def _test(args: argparse.Namespace) -> int:
+    def run():
+        from iresvid.config import load_config
+        from iresvid.engine.testing import run_test
+
+        setup_logging(None)
+        cfg = load_config(args.config, args.overrides) if args.config else None
+        result, cfg, out = run_test(
+            args.checkpoint, cfg, overrides=args.overrides, output_dir=args.output, use_ema=not args.no_ema
+        )
+        print(f"{'level':<7}{'top1':>8}{'top5':>8}{'mean-class':>12}{'samples':>9}")
+        for name, meter in (("clip", result.clip), ("video", result.video)):
+            m = meter.compute()
+            print(
+                f"{name:<7}{m['top1']:8.2f}{m['top5']:8.2f}{m['mean_class_accuracy']:12.2f}{m['num_samples']:9d}"
+            )
+        print(f"{cfg.data.num_clips} clips × {cfg.data.num_crops} crops per video; reports in {out}")
+
+    return run_guarded(run)
+
+
 def _config(args: argparse.Namespace) -> int:
     from iresvid.config import describe_schema
 
@@ -80,6 +123,20 @@ def _config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iresvid", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)")
+    train.add_argument("--config", required=True, help="YAML file (see configs/)")
+    train.add_argument("--resume", default=None, help="'auto' or a checkpoint path (sets train.resume)")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=/data optim.lr=0.2")
+    train.set_defaults(func=_train)
+
+    test = sub.add_parser("test", help="clip- and video-level evaluation of a checkpoint, with reports")
+    test.add_argument("--checkpoint", required=True)
+    test.add_argument("--config", default=None, help="YAML config (default: the one in the checkpoint)")
+    test.add_argument("--output", default=None, help="report folder (default: <checkpoint dir>/test)")
+    test.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not their EMA")
+    test.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=/data")
+    test.set_defaults(func=_test)
 
     zoo = sub.add_parser("zoo", help="params and GFLOPs of every registered model")
     zoo.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'iresnet3d*'")

@@ -269,6 +269,24 @@ def video_rngs(seed: int, class_name: str, index: int) -> tuple[np.random.Genera
     return np.random.default_rng(pixels), np.random.default_rng(metadata)
 
 
+def direction_pairs(classes: list[str]) -> list[tuple[int, int]]:
+    """Index pairs ``(forward, reversed)`` of the time-reversal pairs among ``classes``.
+
+    Accepts the dataset's class names in either layout ("MoveRight" in UCF101 style, "move right" in
+    Kinetics style).  Used to score direction: only temporal order tells a pair's members apart.
+    """
+    index = {name.replace(" ", "").replace("_", "").lower(): i for i, name in enumerate(classes)}
+    pairs = []
+    for name, (motion, reverse) in CLASS_MOTIONS.items():
+        if reverse:
+            continue
+        partner = next(n for n, (m, r) in CLASS_MOTIONS.items() if m == motion and r)
+        a, b = (index.get(n.replace(" ", "").lower()) for n in (name, partner))
+        if a is not None and b is not None:
+            pairs.append((a, b))
+    return pairs
+
+
 def _camel(class_name: str) -> str:
     return "".join(word.capitalize() for word in class_name.split())
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iresvid.data.datasets import DatasetUnreadableError
 from iresvid.data.loader import to_device
 from iresvid.data.transforms import EvalViews
 from iresvid.engine.dist import all_reduce_sum, gather_objects
@@ -86,19 +87,21 @@ def evaluate(
     model.train(was_training)
 
     # Combine processes: each evaluated a disjoint shard of the views.
-    all_reduce_sum(video_scores_dev := video_scores.to(device))
-    all_reduce_sum(video_views_dev := video_views.to(device))
-    all_reduce_sum(loss_dev := loss_sum.to(device))
+    video_scores, video_views, loss_sum = (
+        all_reduce_sum(t.to(device)).cpu() for t in (video_scores, video_views, loss_sum)
+    )
     clip_meter.reduce(all_reduce_sum, device)
-    video_scores, video_views = video_scores_dev.cpu(), video_views_dev.cpu()
     failures = [f for part in gather_objects(failures) for f in part]
 
     labels = torch.tensor([r.label for r in dataset.records])
     seen = video_views > 0
+    if not seen.any():
+        listing = "; ".join(f"{p}: {r}" for p, r in failures[:5])
+        raise DatasetUnreadableError(f"no video of {dataset.source} could be read for evaluation: {listing}")
     video_meter = AccuracyMeter(num_classes)
     if seen.any():
         video_meter.update(video_scores[seen] / video_views[seen, None], labels[seen])
     unread = {str(dataset.records[i].path) for i in torch.nonzero(~seen).flatten().tolist()}
     failed = sorted({f for f in failures if f[0] in unread})
-    loss = (loss_dev[0] / loss_dev[1].clamp(min=1)).item()
+    loss = (loss_sum[0] / loss_sum[1].clamp(min=1)).item()
     return EvalResult(clip_meter, video_meter, loss, int(seen.sum()), failed)

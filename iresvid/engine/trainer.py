@@ -121,6 +121,10 @@ class Trainer:
         ).to(self.device)
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last_3d if model.dims == 3 else torch.channels_last)
+        if cfg.model.sync_bn and self.device.type == "cpu":
+            raise ConfigError(
+                "'model.sync_bn' needs CUDA devices: PyTorch's SyncBatchNorm does not run on the CPU"
+            )
         if cfg.model.sync_bn and self.dist.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
