@@ -19,6 +19,7 @@ import psutil
 import pytest
 import torch
 
+from iresvid.data import video_io
 from iresvid.data.encode import write_video
 from iresvid.data.video_io import BACKENDS, VideoDecodeError, list_backends, open_video
 
@@ -399,3 +400,74 @@ def test_argument_errors(media):
 def test_torchcodec_missing_names_the_extra(media):
     with pytest.raises(ImportError, match=r"pip install iresvid\[torchcodec\]"):
         open_video(media["mp4"], "torchcodec")
+
+
+def test_cached_open_skips_the_check_and_stays_exact(media, reference, monkeypatch):
+    """A file already checked in this process opens with decord alone, with the same metadata and frames."""
+    video_io.clear_open_cache()
+    indices = [40, 3, 3, 25, 47, 0]
+    with open_video(media["mp4_bframes"], "decord") as reader:
+        first = (reader.backend, reader.num_frames, reader.fps, reader.height, reader.width)
+
+    def no_pyav(*args, **kwargs):
+        raise AssertionError("a cached decord open built the PyAV packet table")
+
+    monkeypatch.setattr(video_io, "PyAVReader", no_pyav)
+    with open_video(media["mp4_bframes"], "decord") as reader:
+        assert (reader.backend, reader.num_frames, reader.fps, reader.height, reader.width) == first
+        assert_frames(reader.get_frames(indices), reference("mp4_bframes")[indices], "decord")
+
+
+@pytest.mark.parametrize("kind", ["avi_bframes", "rot90", "truncated_avi"])
+def test_cached_fallback_to_pyav_skips_decord(media, reference, monkeypatch, kind):
+    video_io.clear_open_cache()
+    with open_video(media[kind], "decord") as reader:
+        assert reader.backend == "pyav"
+        first = (reader.num_frames, reader.height, reader.width)
+
+    def no_decord(*args, **kwargs):
+        raise AssertionError("a file known to need PyAV was opened with decord again")
+
+    monkeypatch.setattr(video_io, "_decord_open", no_decord)
+    with open_video(media[kind], "decord") as reader:
+        assert (reader.backend, reader.num_frames, reader.height, reader.width) == ("pyav", *first)
+        indices = [reader.num_frames - 1, 0, reader.num_frames // 2]
+        expected = reference(kind) if kind != "truncated_avi" else reference("avi_bframes")
+        if kind == "rot90":
+            expected = np.rot90(expected, 1, axes=(1, 2))
+        assert_frames(reader.get_frames(indices), np.ascontiguousarray(expected[indices]), "pyav")
+
+
+def test_open_cache_is_a_bounded_lru(media, monkeypatch):
+    cache = video_io._CheckCache(2)
+    monkeypatch.setattr(video_io, "_checked", cache)
+    for kind in ("mp4", "avi", "mp4_bframes"):
+        open_video(media[kind], "decord").close()
+    assert len(cache) == 2
+    assert {key[0] for key in cache._entries} == {str(media["avi"]), str(media["mp4_bframes"])}
+    open_video(media["avi"], "decord").close()  # a hit makes it the most recently used...
+    open_video(media["mp4"], "decord").close()  # ...so this evicts mp4_bframes
+    assert [key[0] for key in cache._entries] == [str(media["avi"]), str(media["mp4"])]
+
+
+def test_rewritten_file_is_checked_again(tmp_path, media, reference):
+    """The cache key has the file's size and mtime: new content at the same path is not read as the old."""
+    path = tmp_path / "video.mp4"
+    path.write_bytes(media["mp4_bframes"].read_bytes())
+    with open_video(path, "decord") as reader:
+        assert reader.backend == "decord"
+    path.write_bytes(media["avi_bframes"].read_bytes())  # decord's index is wrong for this one
+    with open_video(path, "decord") as reader:
+        assert reader.backend == "pyav"
+        indices = [47, 0, 13, 12]
+        assert_frames(reader.get_frames(indices), reference("avi_bframes")[indices], "pyav")
+
+
+def test_decord_frames_whatever_the_callers_bridge(media, reference):
+    """Importing pytorchvideo switches decord to its torch bridge; our reader must not depend on that."""
+    import decord
+
+    indices = [5, 30, 5]
+    with open_video(media["mp4"], "decord") as reader, decord.bridge.use_torch():
+        assert reader.backend == "decord"
+        assert_frames(reader.get_frames(indices), reference("mp4")[indices], "decord")
