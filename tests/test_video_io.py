@@ -471,3 +471,21 @@ def test_decord_frames_whatever_the_callers_bridge(media, reference):
     with open_video(media["mp4"], "decord") as reader, decord.bridge.use_torch():
         assert reader.backend == "decord"
         assert_frames(reader.get_frames(indices), reference("mp4")[indices], "decord")
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 48)])
+def test_decord_decode_failure_falls_back_to_pyav(tmp_path, size):
+    """decord 3.4 cannot copy frames of some widths (32, 48, 96 px) out of FFmpeg; PyAV reads them exactly."""
+    import decord
+
+    video_io.clear_open_cache()
+    path = write_video(tmp_path / "small.mp4", pattern(12, *size), fps=FPS)
+    with pytest.raises(decord.DECORDError, match="size must exactly match"):  # the bug is still there
+        decord.VideoReader(str(path), num_threads=1).get_batch([0])
+    expected = sequential_decode(path)
+    indices = [11, 0, 5, 5]
+    with open_video(path, "decord") as reader:
+        assert_frames(reader.get_frames(indices), expected[indices], "pyav")
+    with open_video(path, "decord") as reader:  # remembered: the next open goes straight to PyAV
+        assert reader.backend == "pyav"
+        assert_frames(reader.get_frames(indices), expected[indices], "pyav")

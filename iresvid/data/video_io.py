@@ -425,9 +425,10 @@ class DecordReader(VideoReader):
 
     backend = "decord"
 
-    def __init__(self, path: Path, vr, checked: _DecordCheck):
+    def __init__(self, path: Path, vr, checked: _DecordCheck, key: _FileKey):
         self.path = path
         self._vr = vr
+        self._checked, self._key = checked, key
         self.num_frames, self.fps = checked.num_frames, checked.fps
         self.height, self.width = checked.height, checked.width
 
@@ -440,7 +441,19 @@ class DecordReader(VideoReader):
             with decord.bridge.use_torch():
                 return self._vr.get_batch(indices)
         except (decord.DECORDError, RuntimeError) as e:
-            raise VideoDecodeError(self.path, f"decord failed to decode frames {indices} ({e})") from e
+            decord_error = e
+        # decord 3.4 fails on some frame sizes that FFmpeg decodes fine ("The size must exactly match", e.g.
+        # any side of 32 or 48 px): read the file with PyAV, now and at its later opens in this process.
+        try:
+            with PyAVReader(self.path) as fallback:
+                frames = fallback._get_frames(indices)
+        except VideoDecodeError as e:
+            raise VideoDecodeError(
+                self.path, f"decord failed to decode frames {indices} ({decord_error}), and PyAV: {e.reason}"
+            ) from e
+        _log.debug("%s: decord failed (%s), reading with PyAV", self.path, decord_error)
+        _checked.put(self._key, self._checked._replace(exact=False))
+        return frames
 
     @property
     def closed(self) -> bool:
@@ -503,7 +516,7 @@ def _open_decord(path: Path, stat: os.stat_result, num_threads: int) -> VideoRea
     if checked is not None:
         vr = _decord_open(path, num_threads)
         if len(vr) == checked.num_frames:
-            return DecordReader(path, vr, checked)
+            return DecordReader(path, vr, checked, key)
         _checked.pop(key)  # same size, mtime and inode but new content: check it again
     reference = PyAVReader(path, num_threads)
     if reference._quarter_turns % 2:
@@ -523,7 +536,7 @@ def _open_decord(path: Path, stat: os.stat_result, num_threads: int) -> VideoRea
         _log.debug("%s: decord's frame index disagrees with the packet table, reading with PyAV", path)
         return reference
     reference.close()
-    return DecordReader(path, vr, checked)
+    return DecordReader(path, vr, checked, key)
 
 
 def _decord_open(path: Path, num_threads: int):
