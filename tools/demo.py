@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.data) / "ucf101"
         if not (root / "annotations" / "classInd.txt").is_file():
             print(f"writing the synthetic motion dataset to {root} ...", flush=True)
-            print(make_demo_data(root, layout="ucf101", seed=0).summary(), flush=True)
+            print(make_demo_data(root, layout="ucf101", seed=0, videos_per_class=64).summary(), flush=True)
         rows = []
         for title, name, extra in TWINS:
             out = Path(args.output) / name

@@ -174,7 +174,8 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "epoch_step": self.epoch_step,
-            "rng": capture_rng_state(),
+            # every process's generators (dropout differs per process), restored by rank on resume
+            "rng": gather_objects(capture_rng_state()),
             "best_top1": self.best_top1,
             "history": self.history,
             "classes": self.classes,
@@ -199,16 +200,26 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.step, self.epoch_step = state["epoch"], state["step"], state["epoch_step"]
         self.best_top1, self.history = state["best_top1"], state["history"]
-        restore_rng_state(state["rng"])
+        rng = state["rng"]
+        if len(rng) == self.dist.world_size:
+            restore_rng_state(rng[self.dist.rank])
+        else:  # a different number of processes: same data order, but dropout streams start afresh
+            log.warning(
+                "checkpoint from %d processes resumed on %d: random streams reseeded",
+                len(rng),
+                self.dist.world_size,
+            )
+            torch.manual_seed(self.cfg.train.seed + self.step + self.dist.rank)
         where = (
             f"step {self.epoch_step} of epoch {self.epoch + 1}" if self.epoch_step else f"epoch {self.epoch}"
         )
         log.info("resumed from %s (%s)", path, where)
 
     def _save(self, *, is_best: bool = False, epoch_end: bool = True) -> None:
+        state = self.state_dict()  # on every process: gathering the RNG states is collective
         if self.dist.is_main:
             self.checkpoints.save(
-                self.state_dict(), epoch=self.epoch, step=self.step, is_best=is_best, epoch_end=epoch_end
+                state, epoch=self.epoch, step=self.step, is_best=is_best, epoch_end=epoch_end
             )
 
     # ------------------------------------------------------------------------------------ training
