@@ -91,7 +91,7 @@ def report(rows: list[dict], output: Path, *, num_clips: int) -> None:
     columns = [
         ("model", "<26"),
         ("params", ">9"),
-        ("train", ">8"),
+        ("train", ">10"),
         ("clip top1", ">11"),
         ("video top1", ">12"),
         ("pair", ">7"),
@@ -101,7 +101,7 @@ def report(rows: list[dict], output: Path, *, num_clips: int) -> None:
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['model']:<26}{r['params'] / 1e3:>8.0f}k{r['minutes']:>6.1f}mn{r['clip_top1']:>10.1f}%"
+            f"{r['model']:<26}{r['params'] / 1e3:>8.0f}k{r['minutes']:>6.1f} min{r['clip_top1']:>10.1f}%"
             f"{r['video_top1']:>11.1f}%{r['pair']:>6.0f}%{r['direction']:>10.0f}%"
         )
     lines.append(
