@@ -55,9 +55,10 @@ def test_train_quick(tmp_path):
         "train",
         {"model", "variant", "params_m", "step_ms", "iqr_ms", "clips_per_s", "peak_mem_mib", "times_ms"},
     )
-    assert [r["model"] for r in record["results"]] == ["iresnet3d50", "resnet3d50", "pytorchvideo_slow_r50"]
+    models = ["iresnet3d50", "resnet3d50", "pytorchvideo_slow_r50"]
+    assert [r["model"] for r in record["results"]] == models + [f"{m} channels_last_3d" for m in models]
     assert record["config"]["input_shape"] == [2, 3, 4, 32, 32]
-    assert len(record["goals"]) == 3
+    assert len(record["goals"]) == 6  # three ratios in each memory layout
     assert all(set(g) == {"goal", "value", "met"} and isinstance(g["met"], bool) for g in record["goals"])
     assert "iresnet3d50" in proc.stdout and "goal" in proc.stdout
 
