@@ -63,8 +63,12 @@ def write_video(
         stream.codec_context.max_b_frames = bframes
         if codec == "libx264":
             # b-adapt=0 forces the requested B-frames even on content where x264 would choose none.
-            stream.options = {"crf": str(crf), "preset": "veryfast", "bf": str(bframes),
-                              "x264-params": "b-adapt=0" if bframes else "bframes=0"}
+            stream.options = {
+                "crf": str(crf),
+                "preset": "veryfast",
+                "bf": str(bframes),
+                "x264-params": "b-adapt=0" if bframes else "bframes=0",
+            }
         else:
             stream.codec_context.bit_rate = 4_000_000
         for frame in _chain(first, frames):
