@@ -237,8 +237,12 @@ def test_build_dataset_reads_the_configured_layout(video_tree):
     )
     train = build_dataset(cfg.data, "train", mode="train")
     assert train.classes == ["alpha", "beta", "gamma"] and len(train) == 6
-    with pytest.raises(ValueError, match="differ from the model's class index"):
-        load_annotations(cfg.data, "val", classes=["alpha", "gamma", "beta"])
+    # A given class index (a checkpoint's) is matched to the folders by name, whatever its order.
+    permuted = load_annotations(cfg.data, "val", classes=["alpha", "gamma", "beta"])
+    labels = {r.video_id.split("/")[0]: r.label for r in permuted.records}
+    assert labels == {"alpha": 0, "gamma": 1, "beta": 2}
+    with pytest.raises(ValueError, match=r"class folder .*gamma: unknown class 'gamma'"):
+        load_annotations(cfg.data, "val", classes=["alpha", "beta"])
     missing = load_config(None, ["data.root=/nonexistent/dataset", "data.format=folder"])
     with pytest.raises(FileNotFoundError, match="data.root.*/nonexistent/dataset"):
         build_dataset(missing.data, "train", mode="train")

@@ -183,20 +183,30 @@ def path_label_list(
     video_root: str | os.PathLike | None = None,
     *,
     classes_file: str | os.PathLike | None = None,
+    classes: Sequence[str] | None = None,
     num_classes: int | None = None,
 ) -> Annotations:
     """``<path> <label>`` list files (pytorchvideo, mmaction2): one video per line, integer label.
 
     The label is after the LAST whitespace, so paths may contain spaces.  Relative paths are resolved against
-    ``video_root``, else the list file's folder.  Class names come from ``classes_file``, else are
-    ``str(label)`` for labels 0..``num_classes``-1 (or 0..max label when neither is given).
+    ``video_root``, else the list file's folder.  Class names come from ``classes_file`` or ``classes`` (pass
+    ``train.classes`` when reading val: a val list without the highest labels still has every class; given
+    both, they must agree), else are ``str(label)`` for labels 0..``num_classes``-1 (or 0..max label).
     """
     list_file = Path(list_file)
     root = Path(video_root) if video_root is not None else list_file.parent
     _require_dir(root, list_file)
-    names = read_class_index(classes_file) if classes_file is not None else None
+    names: list[str] | None = None
+    if classes_file is not None:
+        names, origin = read_class_index(classes_file), f"class-index file {classes_file}"
+        if classes is not None and list(classes) != names:
+            raise ValueError(
+                f"the classes given differ from those of {classes_file}: the labels would be permuted"
+            )
+    elif classes is not None:
+        names, origin = list(classes), "the class list given"
     if names is not None and num_classes is not None and len(names) != num_classes:
-        raise ValueError(f"num_classes={num_classes} but {classes_file} lists {len(names)} classes")
+        raise ValueError(f"num_classes={num_classes} but {origin} lists {len(names)} classes")
     limit = len(names) if names is not None else num_classes
     entries = []
     for lineno, line in _read_lines(list_file):
@@ -211,9 +221,7 @@ def path_label_list(
         entries.append(VideoRecord(root / rel, label, PurePosixPath(rel).with_suffix("").as_posix()))
     if not entries:
         raise ValueError(f"{list_file}: no entries")
-    if names is not None:
-        origin = f"class-index file {classes_file}"
-    else:
+    if names is None:
         if limit is None:
             limit = max(r.label for r in entries) + 1
             origin = f"integer labels 0..{limit - 1} (max label in {list_file.name})"
@@ -248,9 +256,12 @@ def ucf101(
     entries = []
     for lineno, line in _read_lines(list_file):
         where = f"{list_file}:{lineno}"
-        parts = line.rsplit(None, 1)
-        listed = int(parts[1]) if len(parts) == 2 and _INT.fullmatch(parts[1]) else None
-        rel = parts[0] if listed is not None else line
+        parts = line.split()
+        # UCF101 paths hold no spaces: a second field is the label, and it must be an integer (anything else
+        # read as part of the path would turn a typo into a "missing" video).
+        if len(parts) > 2 or (len(parts) == 2 and not _INT.fullmatch(parts[1])):
+            raise ValueError(f"{where}: expected '<ClassName>/<video>.avi [<integer label>]', got {line!r}")
+        rel, listed = parts[0], int(parts[1]) if len(parts) == 2 else None
         folders = PurePosixPath(rel).parts
         if len(folders) < 2:
             raise ValueError(f"{where}: expected '<ClassName>/<video>.avi', got {rel!r}")
@@ -272,16 +283,31 @@ def ucf101(
 
 
 def folder_per_class(
-    video_root: str | os.PathLike, *, extensions: Sequence[str] = VIDEO_EXTENSIONS
+    video_root: str | os.PathLike,
+    *,
+    extensions: Sequence[str] = VIDEO_EXTENSIONS,
+    classes: Sequence[str] | None = None,
 ) -> Annotations:
-    """``video_root/<class>/<video>``: the class index is the sorted folder names, empty folders included."""
+    """``video_root/<class>/<video>``: the class index is the sorted folder names, empty folders included.
+
+    With ``classes`` (pass ``train.classes`` when reading val) folders are matched to that index by name
+    instead, so a split without some classes' folders keeps every other class's index; a folder that is not
+    one of ``classes`` is an error naming it.
+    """
     root = Path(video_root)
     if not root.is_dir():
         raise FileNotFoundError(f"video root {root} is not a directory")
     wanted = {e.lower() for e in extensions}
     class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=str)
-    entries, empty = [], []
-    for label, folder in enumerate(class_dirs):
+    if classes is None:
+        names, origin = [p.name for p in class_dirs], f"sorted folder names of {root}"
+    else:
+        names, origin = list(classes), "the class list given"
+    index = _ClassIndex(names, origin)
+    entries, empty, found = [], [], set()
+    for folder in class_dirs:
+        label = index.index(folder.name, f"class folder {folder}")
+        found.add(label)
         videos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in wanted)
         if not videos:
             empty.append(folder.name)
@@ -291,8 +317,16 @@ def folder_per_class(
     if empty:
         # Kept: dropping them would shift the indices of every later class.
         log.warning("%s: %d class folders hold no videos: %s", root, len(empty), _some(empty))
-    names = [p.name for p in class_dirs]
-    return _finish(entries, names, f"sorted folder names of {root}", str(root), root, _Listing())
+    absent = [name for i, name in enumerate(names) if i not in found]
+    if absent:
+        log.warning(
+            "%s: no folder for %d of the %d classes (their indices are kept): %s",
+            root,
+            len(absent),
+            len(names),
+            _some(absent),
+        )
+    return _finish(entries, names, origin, str(root), root, _Listing())
 
 
 class _ClassIndex:

@@ -18,6 +18,9 @@ def load_annotations(cfg: DataConfig, split: str, *, classes: Sequence[str] | No
 
     ``classes`` (the training set's, or a checkpoint's) fixes the class index of an evaluation split, and is
     checked against what the split itself lists: a different class order would silently permute labels.
+    Without it, val takes the training split's class index wherever the format would otherwise derive one
+    from the split's own content (sorted names or folders, the largest label): a val split lacking a class
+    would shift every later class's index.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -25,6 +28,15 @@ def load_annotations(cfg: DataConfig, split: str, *, classes: Sequence[str] | No
     if not root.is_dir():
         raise FileNotFoundError(f"data.root: dataset folder not found: {root}")
     train = split == "train"
+    if not train and classes is None and _index_from_content(cfg):
+        try:
+            classes = load_annotations(cfg, "train").classes
+        except FileNotFoundError as e:
+            alternative = " or set data.classes_file" if cfg.format in ("kinetics", "list") else ""
+            raise FileNotFoundError(
+                f"the {split} split takes its class index from the training split, which cannot be read "
+                f"(pass the classes, e.g. a checkpoint's{alternative}): {e}"
+            ) from e
     video_dir = root / (cfg.train_dir if train else cfg.val_dir)
     classes_file = root / cfg.classes_file if cfg.classes_file else None
 
@@ -44,11 +56,11 @@ def load_annotations(cfg: DataConfig, split: str, *, classes: Sequence[str] | No
             result = ann.kinetics_csv(listing, video_dir, classes_file=classes_file, classes=classes)
         else:
             result = ann.path_label_list(
-                listing, video_dir, classes_file=classes_file, num_classes=cfg.num_classes
+                listing, video_dir, classes_file=classes_file, classes=classes, num_classes=cfg.num_classes
             )
     elif cfg.format in ("folder", "imagefolder"):
         extensions = IMAGE_EXTENSIONS if cfg.format == "imagefolder" else ann.VIDEO_EXTENSIONS
-        result = ann.folder_per_class(video_dir, extensions=extensions)
+        result = ann.folder_per_class(video_dir, extensions=extensions, classes=classes)
     else:
         raise ConfigError(f"'data.format': unknown format {cfg.format!r}")
 
@@ -90,6 +102,15 @@ def build_dataset(
         max_retries=cfg.max_decode_retries,
         seed=seed,
     )
+
+
+def _index_from_content(cfg: DataConfig) -> bool:
+    """Whether the format derives a split's class index from what that split lists."""
+    if cfg.format in ("folder", "imagefolder"):
+        return True
+    if cfg.format in ("kinetics", "list"):  # CSVs: the sorted label names; path-label lists: 0..max label
+        return cfg.classes_file is None
+    return False  # ucf101: classInd.txt
 
 
 def _diff(ours: Sequence[str], theirs: Sequence[str]) -> str:

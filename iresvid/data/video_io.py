@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
+from stat import S_ISREG
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -64,7 +65,8 @@ _log = logging.getLogger(__name__)
 
 
 class VideoDecodeError(RuntimeError):
-    """The file exists but yields no (or not all) frames: empty, truncated, not a video, audio only..."""
+    """The file exists but yields no (or not all) frames: empty, truncated, not a video, audio only, or its
+    path cannot be resolved (a symbolic link loop)."""
 
     def __init__(self, path: str | Path, reason: str):
         self.path = Path(path)
@@ -165,8 +167,10 @@ def open_video(path: str | Path, backend: str = "decord", *, num_threads: int = 
     """Open ``path`` for frame-exact random access with ``backend`` (one of ``BACKENDS``).
 
     ``num_threads`` is the decoder's thread count (0 = FFmpeg's automatic choice); data-loader workers want 1.
-    Raises FileNotFoundError for a missing path, VideoDecodeError for a file without a decodable video
-    stream, ImportError when the backend's library is not installed.
+    Raises FileNotFoundError for a missing path (or a dangling symbolic link), PermissionError for a file
+    this process may not read (or a folder on its path it may not search), VideoDecodeError for a file
+    without a decodable video stream (or a path that cannot be resolved, e.g. a symbolic link loop),
+    ImportError when the backend's library is not installed.  Every error names the path.
 
     With ``backend="decord"`` the returned reader may be a PyAV one (``reader.backend == "pyav"``): decord
     builds its own frame index and seeks with it, and on files where that index disagrees with the PyAV
@@ -178,18 +182,34 @@ def open_video(path: str | Path, backend: str = "decord", *, num_threads: int = 
     if num_threads < 0:
         raise ValueError(f"num_threads must be >= 0 (0 = automatic), got {num_threads}")
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(errno.ENOENT, "video file not found", str(path))
-    if not path.is_file():
+    stat = _stat(path)
+    if not S_ISREG(stat.st_mode):
         raise VideoDecodeError(path, "not a regular file")
-    stat = path.stat()
     if stat.st_size == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
+    # Checked here, not left to the decoders: they would report it as an undecodable file, and a decord open
+    # of a file checked earlier in this process (the cache ignores permissions) as a decord failure.
+    if not os.access(path, os.R_OK):
+        raise PermissionError(errno.EACCES, "video file not readable (permission denied)", str(path))
     if backend == "torchcodec":
         return TorchCodecReader(path, num_threads)
     if backend == "pyav":
         return PyAVReader(path, num_threads)
     return _open_decord(path, stat, num_threads)
+
+
+def _stat(path: Path) -> os.stat_result:
+    """``path``'s status, following symbolic links, with the failure said in words that name the path."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        what = "dangling symbolic link" if path.is_symlink() else "video file not found"
+        raise FileNotFoundError(errno.ENOENT, what, str(path)) from None
+    except PermissionError:
+        # stat needs no permission on the file itself, only search permission on every folder above it.
+        raise PermissionError(errno.EACCES, "a folder on the path cannot be searched", str(path)) from None
+    except OSError as e:  # a symbolic link loop (ELOOP), a name too long, an I/O error
+        raise VideoDecodeError(path, f"cannot resolve the path ({e.strerror})") from e
 
 
 class PyAVReader(VideoReader):
