@@ -1,6 +1,6 @@
 """`make bench`: speed, memory and deep-gradient benchmarks; each writes OUT/<name>.json and prints a table.
 
-python tools/benchmark.py {train,deep,data,all} [--out bench_results] [--quick] [--device auto|cpu|cuda]
+python tools/benchmark.py {train,deep,data,soak,all} [--out bench_results] [--quick] [--device auto|cpu|cuda]
 
 On a shared, loaded CPU machine run with OMP_NUM_THREADS=1: OpenMP threads that wait on each other's
 descheduled peers make multi-threaded step times swing by several times; the thread count is recorded.
@@ -26,6 +26,7 @@ BENCHMARKS = {
     "train": "iresvid.benchmarks.train",
     "deep": "iresvid.benchmarks.deep",
     "data": "iresvid.benchmarks.data",
+    "soak": "iresvid.benchmarks.soak",
 }
 
 

@@ -3,6 +3,11 @@
 Several processes (GPUs, nodes): ``torchrun --nproc-per-node N tools/train.py --config ...``.  Resume the
 latest checkpoint of the run's output folder with ``--resume auto`` (or give a checkpoint path).
 Same as ``iresvid train``.
+
+Automatic restarts after a failure: ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --max-restarts 3 ...
+tools/train.py --config ... --resume auto`` (with ``train.save_every_steps`` for mid-epoch checkpoints).
+The variable gives each restarted round a TCP store of its own: in the shared one, a restarted round can
+pick up the previous round's addresses and fail or hang joining the process group (pytorch/pytorch#135712).
 """
 
 import sys

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,11 @@ class DistInfo:
         return self.world_size > 1
 
 
+def env_world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun), known before any process group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
@@ -33,7 +41,7 @@ def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = env_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
@@ -46,9 +54,28 @@ def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if target.type == "cuda" else "gloo"
+        if rank == 0:
+            _warn_if_restarts_share_a_store()
         # A bounded timeout: a rank that dies mid-collective ends the job instead of hanging it forever.
         dist.init_process_group(backend, init_method="env://", timeout=timedelta(minutes=30))
     return DistInfo(world_size, rank, local_rank, target)
+
+
+def _warn_if_restarts_share_a_store() -> None:
+    """torchrun keeps one TCP store for all of a job's restarts by default; the processes of a restarted round
+    can then read the addresses the previous round's processes published there and fail, or hang until the
+    timeout, in `init_process_group` (pytorch/pytorch#135712; seen with gloo on torch 2.14 in most restarts of
+    a 2-process job, some of them hangs).  ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` gives every round a store
+    of its own: the processes cannot fix this, so rank 0 says how before joining.
+    """
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if restarts > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        log.warning(
+            "torchrun --max-restarts=%d shares one TCP store across restarts: a restarted round can fail or "
+            "hang joining the process group (pytorch/pytorch#135712); run torchrun with "
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment",
+            restarts,
+        )
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -20,20 +20,36 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from iresvid.config import Config, ConfigError, to_dict
+from iresvid.config import Config, ConfigError, DataConfig, to_dict
 from iresvid.data.build import build_dataset
+from iresvid.data.datasets import ClipDataset
 from iresvid.data.loader import build_loader, to_device
 from iresvid.data.transforms import EvalViews, GpuAugment, MixupCutmix
+from iresvid.data.video_io import open_video
 from iresvid.engine.build import build_model, norm_stats
 from iresvid.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
-from iresvid.engine.dist import DistInfo, all_reduce_sum, cleanup, gather_objects, init_distributed
+from iresvid.engine.dist import (
+    DistInfo,
+    all_reduce_sum,
+    cleanup,
+    env_world_size,
+    gather_objects,
+    init_distributed,
+)
 from iresvid.engine.evaluate import EvalResult, evaluate
 from iresvid.engine.metrics import MetricsLogger, plot_confusion_matrix, plot_curves, write_per_class_csv
 from iresvid.engine.optim import build_optimizer, build_scheduler
+from iresvid.models.weights import CheckpointError, check_fits
 
 log = logging.getLogger("iresvid.train")
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# What `Trainer.state_dict` writes and `_resume` reads back.
+_RESUME_KEYS = (
+    "model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_step", "best_top1", "history", "rng",
+    "classes",
+)  # fmt: skip
+_CLASSIFIER = "fc."  # the classifier's keys (every model of the registry)
 
 
 class Trainer:
@@ -41,16 +57,19 @@ class Trainer:
 
     def __init__(self, cfg: Config, *, dist_info: DistInfo | None = None):
         self.cfg = cfg
-        self.dist = dist_info or init_distributed(cfg.train.dist_backend, cfg.train.device)
-        self.device = self.dist.device
         t = cfg.train
+        # Checked before joining the process group: the mistake is reported at once, not after a rendezvous
+        # that a slow or missing peer can hold up, and no collective is ever entered with a bad split.
+        world_size = dist_info.world_size if dist_info is not None else env_world_size()
         per_step = cfg.data.batch_size
-        if per_step % (self.dist.world_size * t.accum_steps):
+        if per_step % (world_size * t.accum_steps):
             raise ConfigError(
-                f"'data.batch_size' ({per_step}) must split evenly over {self.dist.world_size} processes × "
+                f"'data.batch_size' ({per_step}) must split evenly over {world_size} processes × "
                 f"train.accum_steps ({t.accum_steps})"
             )
-        self.micro_batch = per_step // (self.dist.world_size * t.accum_steps)
+        self.micro_batch = per_step // (world_size * t.accum_steps)
+        self.dist = dist_info or init_distributed(t.dist_backend, t.device)
+        self.device = self.dist.device
         torch.manual_seed(t.seed)
         np.random.seed(t.seed % 2**32)
         self.output_dir = Path(t.output_dir)
@@ -71,6 +90,7 @@ class Trainer:
             channels_last=cfg.model.channels_last,
         )
         self.train_set = build_dataset(d, "train", mode="train", augment=self.augment, seed=t.seed)
+        check_clip_fits(self.train_set, d)
         self.classes = list(self.train_set.classes)
         self.val_set = build_dataset(
             d, "val", mode="eval", classes=self.classes, num_clips=d.val_num_clips, seed=t.seed
@@ -190,8 +210,7 @@ class Trainer:
                 log.info("no checkpoint in %s yet: starting from scratch", self.output_dir)
             return
         state = self.checkpoints.load(path)
-        if state.get("classes") != self.classes:
-            raise ValueError(f"checkpoint {path} was trained on other classes than {self.train_set.source}")
+        self._check_resumable(state, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -214,6 +233,45 @@ class Trainer:
             f"step {self.epoch_step} of epoch {self.epoch + 1}" if self.epoch_step else f"epoch {self.epoch}"
         )
         log.info("resumed from %s (%s)", path, where)
+
+    def _check_resumable(self, state: dict, path: Path) -> None:
+        """Refuse, naming what differs, a checkpoint this run cannot continue from.
+
+        Resuming continues the very same run: weights of another model or class list get a clear error that
+        names the keys and the way out, never a silently partial load or a raw ``load_state_dict`` error.
+        """
+        missing = [k for k in _RESUME_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise CheckpointError(
+                f"{path} is not an iresvid training checkpoint (no {', '.join(missing)}): to start from its "
+                f"weights instead, set model.pretrained={path}"
+            )
+        try:
+            check_fits(state["model"], self.model, str(path))
+        except CheckpointError as e:
+            raise CheckpointError(f"cannot resume: {e}\n  {self._mismatch_hint(state, path)}") from e
+        if list(state["classes"]) != self.classes:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained on other classes than {self.train_set.source} "
+                f"({len(state['classes'])} vs {len(self.classes)} classes, e.g. {state['classes'][:3]} vs "
+                f"{self.classes[:3]}); {_fine_tune_hint(path)}"
+            )
+
+    def _mismatch_hint(self, state: dict, path: Path) -> str:
+        """Fine-tuning when the classifier alone differs, else the model settings that differ."""
+        ours = {k: v for k, v in self.model.state_dict().items() if k.startswith(_CLASSIFIER)}
+        theirs = {k: v for k, v in state["model"].items() if not k.startswith(_CLASSIFIER)}
+        try:
+            check_fits(theirs | ours, self.model, str(path))
+        except CheckpointError:
+            saved = (state.get("config") or {}).get("model") or {}
+            changed = [
+                f"model.{key}={saved[key]!r} there, {value!r} here"
+                for key, value in to_dict(self.cfg)["model"].items()
+                if key in saved and saved[key] != value
+            ]
+            return "resume with the model it was trained with" + "".join(f"; {c}" for c in changed)
+        return _fine_tune_hint(path)
 
     def _save(self, *, is_best: bool = False, epoch_end: bool = True) -> None:
         state = self.state_dict()  # on every process: gathering the RNG states is collective
@@ -435,6 +493,43 @@ class Trainer:
         from tqdm.auto import tqdm
 
         return tqdm(iterable, dynamic_ncols=True, **kwargs)
+
+
+def _fine_tune_hint(checkpoint: Path) -> str:
+    return (
+        f"to fine-tune its weights on these classes instead, start a new run with "
+        f"model.pretrained={checkpoint} model.reset_classifier=true"
+    )
+
+
+def check_clip_fits(dataset: ClipDataset, cfg: DataConfig, probes: int = 8) -> None:
+    """Refuse a clip longer than every video: each clip would be padded with repeats of the last frame.
+
+    Short videos are padded by design (`iresvid.data.sampling`), but when the clip outspans even the longest
+    of ``probes`` evenly spaced training videos, the setting is a mistake (e.g. a stride meant for 25 fps
+    on 5 fps videos), and training would quietly learn from frozen frames.  TSN segments spread over the
+    whole video and images have no time axis, so neither is checked.
+    """
+    if cfg.format == "imagefolder" or cfg.sampling != "clip":
+        return
+    span = (cfg.num_frames - 1) * cfg.frame_stride + 1
+    records = dataset.records
+    count = min(probes, len(records))
+    picks = sorted({i * (len(records) - 1) // max(count - 1, 1) for i in range(count)})
+    lengths = []
+    for i in picks:
+        try:
+            with open_video(records[i].path, cfg.backend) as reader:
+                lengths.append(reader.num_frames)
+        except Exception:  # noqa: BLE001 — an unreadable video is the dataset's to skip and report
+            continue
+    if lengths and span > max(lengths):
+        raise ConfigError(
+            f"'data.num_frames' × 'data.frame_stride' ({cfg.num_frames} × {cfg.frame_stride}) spans {span} "
+            f"frames, more than any of the {len(lengths)} training videos probed has (the longest: "
+            f"{max(lengths)} frames): every clip would end in repeats of the last frame; lower "
+            f"data.num_frames or data.frame_stride"
+        )
 
 
 def _format(metrics: dict) -> str:
