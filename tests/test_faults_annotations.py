@@ -342,7 +342,7 @@ def test_trainer_validates_with_the_training_index(kinetics_tree, tmp_path):
     )
     trainer = Trainer(cfg)
     assert trainer.classes == SORTED
-    assert video_labels(Annotations(trainer.val_set.records, [], [], "", "")) == [0, 3, 2]
+    assert video_labels(Annotations(trainer.val.dataset.records, [], [], "", "")) == [0, 3, 2]
 
 
 def test_path_label_list_val_missing_the_last_class_keeps_the_class_count(tmp_path):

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from iresvid.config import Config, ConfigError, load_config
+from iresvid.data.build import build_dataset
+from iresvid.data.datasets import ClipDataset
+from iresvid.data.loader import build_loader
+from iresvid.data.transforms import EvalViews
 from iresvid.models import create_model
 from iresvid.models.weights import extract_state_dict, read_checkpoint
 
@@ -57,6 +65,66 @@ def norm_stats(cfg: Config, model: nn.Module) -> tuple[list[float], list[float]]
     """Normalisation mean/std: the config's, else the model's default (Kinetics or ImageNet values)."""
     defaults = model.pretrained_cfg
     return list(cfg.data.mean or defaults["mean"]), list(cfg.data.std or defaults["std"])
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """Every video of a split as ``num_clips × num_crops`` normalised views: what `evaluate` and
+    `extract_features` read.  The loader yields clips; ``views`` turns each into ``num_crops`` crops, and the
+    model sees ``chunk`` views per forward pass, so memory does not grow with the number of crops."""
+
+    dataset: ClipDataset
+    loader: DataLoader
+    views: EvalViews
+    chunk: int
+
+
+def build_eval_inputs(
+    cfg: Config,
+    model: nn.Module,
+    device: torch.device,
+    *,
+    split: str = "val",
+    classes: list[str] | None = None,
+    num_clips: int,
+    num_crops: int,
+    views_per_pass: int,
+    world_size: int = 1,
+    rank: int = 0,
+) -> EvalInputs:
+    """The evaluation inputs of ``split`` for ``model`` (its normalisation unless the config sets one);
+    with ``world_size > 1`` this process's shard of the videos."""
+    d = cfg.data
+    dataset = build_dataset(d, split, mode="eval", classes=classes, num_clips=num_clips, seed=cfg.train.seed)
+    loader = build_loader(
+        dataset,
+        batch_size=max(1, views_per_pass // num_crops),
+        shuffle=False,
+        num_workers=d.num_workers,
+        num_replicas=world_size,
+        rank=rank,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=d.prefetch_factor,
+    )
+    mean, std = norm_stats(cfg, model)
+    views = EvalViews(
+        d.test_size,
+        num_crops,
+        crop_size=d.test_crop_size,
+        mean=mean,
+        std=std,
+        channels_last=cfg.model.channels_last,
+    ).to(device)
+    return EvalInputs(dataset, loader, views, views_per_pass)
+
+
+def progress_bar(enabled: bool, **settings) -> Callable[[Iterable], Iterable] | None:
+    """A tqdm bar with these settings around an iterable, or None (no bar) when not ``enabled``."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda iterable: tqdm(iterable, dynamic_ncols=True, **settings)
 
 
 def load_trained(

@@ -29,11 +29,10 @@ import torch
 from torch import nn
 
 from iresvid.config import Config, ConfigError
-from iresvid.data.build import build_dataset
 from iresvid.data.datasets import DatasetUnreadableError
-from iresvid.data.loader import build_loader, to_device
+from iresvid.data.loader import to_device
 from iresvid.data.transforms import EvalViews
-from iresvid.engine.build import build_model, load_trained, norm_stats
+from iresvid.engine.build import build_eval_inputs, build_model, load_trained, norm_stats, progress_bar
 from iresvid.engine.trainer import AMP_DTYPES
 
 log = logging.getLogger(__name__)
@@ -266,45 +265,29 @@ def run_extract(
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device_name)
     model.to(device)
-    dataset = build_dataset(
-        d, split, mode="eval", classes=classes, num_clips=d.num_clips, seed=cfg.train.seed
+    mean, std = norm_stats(cfg, model)  # the views' normalisation, recorded beside the features
+    inputs = build_eval_inputs(
+        cfg,
+        model,
+        device,
+        split=split,
+        classes=classes,
+        num_clips=d.num_clips,
+        num_crops=d.num_crops,
+        views_per_pass=d.eval_batch_size or d.batch_size,
     )
-    loader = build_loader(
-        dataset,
-        batch_size=max(1, (d.eval_batch_size or d.batch_size) // d.num_crops),
-        shuffle=False,
-        num_workers=d.num_workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=d.prefetch_factor,
-    )
-    mean, std = norm_stats(cfg, model)
-    views = EvalViews(
-        d.test_size,
-        d.num_crops,
-        crop_size=d.test_crop_size,
-        mean=mean,
-        std=std,
-        channels_last=cfg.model.channels_last,
-    ).to(device)
-    progress = None
-    if cfg.train.progress:
-        from tqdm.auto import tqdm
-
-        def progress(it):
-            return tqdm(it, desc=f"features {d.num_clips}×{d.num_crops} views", dynamic_ncols=True)
-
     result = extract_features(
         model,
-        loader,
-        views,
+        inputs.loader,
+        inputs.views,
         level=level,
         out_indices=out_indices,
         keep_spatial=keep_spatial,
         device=device,
         amp_dtype=AMP_DTYPES[cfg.train.amp],
-        chunk=d.eval_batch_size or d.batch_size,
+        chunk=inputs.chunk,
         max_bytes=max_bytes,
-        progress=progress,
+        progress=progress_bar(cfg.train.progress, desc=f"features {d.num_clips}×{d.num_crops} views"),
     )
     extra = {
         **source,

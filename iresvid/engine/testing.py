@@ -7,10 +7,7 @@ import logging
 from pathlib import Path
 
 from iresvid.config import Config
-from iresvid.data.build import build_dataset
-from iresvid.data.loader import build_loader
-from iresvid.data.transforms import EvalViews
-from iresvid.engine.build import load_trained, norm_stats
+from iresvid.engine.build import build_eval_inputs, load_trained, progress_bar
 from iresvid.engine.dist import cleanup, init_distributed
 from iresvid.engine.evaluate import EvalResult, evaluate
 from iresvid.engine.metrics import plot_confusion_matrix, write_per_class_csv
@@ -37,44 +34,28 @@ def run_test(
         dist = init_distributed(cfg.train.dist_backend, cfg.train.device)
         model.to(dist.device)
         d = cfg.data
-        dataset = build_dataset(
-            d, "val", mode="eval", classes=classes, num_clips=d.num_clips, seed=cfg.train.seed
-        )
-        loader = build_loader(
-            dataset,
-            batch_size=max(1, (d.eval_batch_size or d.batch_size) // d.num_crops),
-            shuffle=False,
-            num_workers=d.num_workers,
-            num_replicas=dist.world_size,
+        inputs = build_eval_inputs(
+            cfg,
+            model,
+            dist.device,
+            classes=classes,
+            num_clips=d.num_clips,
+            num_crops=d.num_crops,
+            views_per_pass=d.eval_batch_size or d.batch_size,
+            world_size=dist.world_size,
             rank=dist.rank,
-            pin_memory=dist.device.type == "cuda",
-            prefetch_factor=d.prefetch_factor,
         )
-        mean, std = norm_stats(cfg, model)
-        views = EvalViews(
-            d.test_size,
-            d.num_crops,
-            crop_size=d.test_crop_size,
-            mean=mean,
-            std=std,
-            channels_last=cfg.model.channels_last,
-        ).to(dist.device)
-        progress = None
-        if dist.is_main and cfg.train.progress:
-            from tqdm.auto import tqdm
-
-            def progress(it):
-                return tqdm(it, desc=f"test {d.num_clips}×{d.num_crops} views", dynamic_ncols=True)
-
         result = evaluate(
             model,
-            loader,
-            views,
+            inputs.loader,
+            inputs.views,
             num_classes=len(classes),
             device=dist.device,
             amp_dtype=AMP_DTYPES[cfg.train.amp],
-            chunk=d.eval_batch_size or d.batch_size,
-            progress=progress,
+            chunk=inputs.chunk,
+            progress=progress_bar(
+                dist.is_main and cfg.train.progress, desc=f"test {d.num_clips}×{d.num_crops} views"
+            ),
         )
         out = Path(output_dir) if output_dir else Path(checkpoint).parent / "test"
         if dist.is_main:

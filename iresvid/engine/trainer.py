@@ -24,9 +24,9 @@ from iresvid.config import Config, ConfigError, DataConfig, to_dict
 from iresvid.data.build import build_dataset
 from iresvid.data.datasets import ClipDataset
 from iresvid.data.loader import build_loader, to_device
-from iresvid.data.transforms import EvalViews, GpuAugment, MixupCutmix
+from iresvid.data.transforms import GpuAugment, MixupCutmix
 from iresvid.data.video_io import open_video
-from iresvid.engine.build import build_model, norm_stats
+from iresvid.engine.build import build_eval_inputs, build_model, norm_stats, progress_bar
 from iresvid.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from iresvid.engine.dist import (
     DistInfo,
@@ -92,25 +92,12 @@ class Trainer:
         self.train_set = build_dataset(d, "train", mode="train", augment=self.augment, seed=t.seed)
         check_clip_fits(self.train_set, d)
         self.classes = list(self.train_set.classes)
-        self.val_set = build_dataset(
-            d, "val", mode="eval", classes=self.classes, num_clips=d.val_num_clips, seed=t.seed
-        )
         self.train_loader = build_loader(
             self.train_set,
             batch_size=self.micro_batch,
             shuffle=True,
             seed=t.seed,
             drop_last=True,
-            num_workers=d.num_workers,
-            num_replicas=self.dist.world_size,
-            rank=self.dist.rank,
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=d.prefetch_factor,
-        )
-        self.val_loader = build_loader(
-            self.val_set,
-            batch_size=d.eval_batch_size or self.micro_batch,
-            shuffle=False,
             num_workers=d.num_workers,
             num_replicas=self.dist.world_size,
             rank=self.dist.rank,
@@ -131,14 +118,17 @@ class Trainer:
         mean, std = norm_stats(cfg, model)
         self.augment.normalize = type(self.augment.normalize)(mean, std)
         self.augment.to(self.device)
-        self.views = EvalViews(
-            d.test_size,
-            d.val_num_crops,
-            crop_size=d.test_crop_size,
-            mean=mean,
-            std=std,
-            channels_last=cfg.model.channels_last,
-        ).to(self.device)
+        self.val = build_eval_inputs(
+            cfg,
+            model,
+            self.device,
+            classes=self.classes,  # the training class index, whatever the validation split lists
+            num_clips=d.val_num_clips,
+            num_crops=d.val_num_crops,
+            views_per_pass=d.eval_batch_size or self.micro_batch,
+            world_size=self.dist.world_size,
+            rank=self.dist.rank,
+        )
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last_3d if model.dims == 3 else torch.channels_last)
         if cfg.model.sync_bn and self.device.type == "cpu":
@@ -424,16 +414,15 @@ class Trainer:
         model = self.eval_model()
         if self.cfg.train.precise_bn_batches:
             self._precise_bn(model)
-        bar = (lambda it: self._progress(it, desc="eval", leave=False)) if self.dist.is_main else None
         return evaluate(
             model,
-            self.val_loader,
-            self.views,
+            self.val.loader,
+            self.val.views,
             num_classes=len(self.classes),
             device=self.device,
             amp_dtype=self.amp_dtype,
-            chunk=self.cfg.data.eval_batch_size or self.micro_batch,
-            progress=bar,
+            chunk=self.val.chunk,
+            progress=progress_bar(self.cfg.train.progress and self.dist.is_main, desc="eval", leave=False),
         )
 
     @torch.no_grad()
