@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import pickle
 import random
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -18,6 +17,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from media import remux_faststart, write_audio_only, write_timed
 
 from iresvid.data import video_io
 from iresvid.data.encode import write_video
@@ -80,49 +80,6 @@ def write_with_audio(path: Path, frames: np.ndarray, rate: int = 16000) -> Path:
     return path
 
 
-def write_audio_only(path: Path, rate: int = 16000) -> Path:
-    with av.open(str(path), "w") as container:
-        audio = container.add_stream("aac", rate=rate)
-        sine = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)[None]
-        for start in range(0, rate, 1024):
-            samples = av.AudioFrame.from_ndarray(sine[:, start : start + 1024].copy(), "fltp", "mono")
-            samples.sample_rate = rate
-            container.mux(audio.encode(samples))
-        container.mux(audio.encode())
-    return path
-
-
-def write_custom(
-    path: Path, frames: np.ndarray, *, pts_ms: list[int] | None = None, rotation: int = 0
-) -> Path:
-    """H.264 MP4 with explicit millisecond timestamps (variable frame rate) and/or a display rotation."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        if rotation:
-            stream.set_display_rotation(rotation)
-        if pts_ms is not None:
-            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
-        for i, frame in enumerate(frames):
-            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            if pts_ms is not None:
-                video_frame.pts, video_frame.time_base = pts_ms[i], Fraction(1, 1000)
-            container.mux(stream.encode(video_frame))
-        container.mux(stream.encode())
-    return path
-
-
-def remux_faststart(src: Path, dst: Path) -> Path:
-    """Same packets with the MP4 index (moov) first, as web videos are: a truncated copy still opens."""
-    with av.open(str(src)) as source, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream_from_template(source.streams.video[0])
-        for packet in source.demux(source.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                out.mux(packet)
-    return dst
-
-
 def first_half(src: Path, dst: Path) -> Path:
     data = src.read_bytes()
     dst.write_bytes(data[: len(data) // 2])
@@ -141,11 +98,11 @@ def media(tmp_path_factory) -> dict[str, Path]:
         "one_mp4": write_video(root / "one.mp4", frames[:1], fps=FPS),
         "one_avi": write_video(root / "one.avi", frames[:1], fps=FPS),
         "with_audio": write_with_audio(root / "with_audio.mp4", frames[:30]),
-        "vfr": write_custom(
+        "vfr": write_timed(
             root / "vfr.mp4", frames[:12], pts_ms=[0, 40, 80, 160, 180, 220, 340, 380, 420, 480, 520, 560]
         ),
-        "rot90": write_custom(root / "rot90.mp4", frames[:10], rotation=90),
-        "rot180": write_custom(root / "rot180.mp4", frames[:10], rotation=180),
+        "rot90": write_timed(root / "rot90.mp4", frames[:10], rotation=90),
+        "rot180": write_timed(root / "rot180.mp4", frames[:10], rotation=180),
         "audio_only": write_audio_only(root / "audio_only.m4a"),
         "random": root / "random.mp4",
         "zero": root / "zero.mp4",
