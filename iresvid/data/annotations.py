@@ -138,18 +138,11 @@ def kinetics_csv(
             raise ValueError(f"{csv_path}:{lineno}: {len(row)} fields but the header has {len(header)}")
         body.append((f"{csv_path}:{lineno}", row))
 
-    if classes_file is not None:
-        names, origin = read_class_index(classes_file), f"class-index file {classes_file}"
-        if classes is not None and list(classes) != names:
-            raise ValueError(
-                f"the classes given differ from those of {classes_file}: the labels would be permuted"
-            )
-    elif classes is not None:
-        names, origin = list(classes), "the class list given"
-    elif labeled:
+    names, origin = _given_classes(classes_file, classes)
+    if names is None and labeled:
         names = sorted({row[column["label"]] for _, row in body if row[column["label"]]})
         origin = f"sorted label names of {csv_path.name}"
-    else:
+    elif names is None:
         names, origin = [], "none (unlabeled CSV)"
     index = _ClassIndex(names, origin)
 
@@ -178,6 +171,23 @@ def kinetics_csv(
     return _finish(entries, names, origin, str(csv_path), video_root, listing)
 
 
+def _given_classes(
+    classes_file: str | os.PathLike | None, classes: Sequence[str] | None
+) -> tuple[list[str] | None, str]:
+    """The class names a caller fixed (a class-index file, a list, or both in agreement) and where from;
+    (None, "") when neither was given."""
+    if classes_file is not None:
+        names = read_class_index(classes_file)
+        if classes is not None and list(classes) != names:
+            raise ValueError(
+                f"the classes given differ from those of {classes_file}: the labels would be permuted"
+            )
+        return names, f"class-index file {classes_file}"
+    if classes is not None:
+        return list(classes), "the class list given"
+    return None, ""
+
+
 def path_label_list(
     list_file: str | os.PathLike,
     video_root: str | os.PathLike | None = None,
@@ -196,15 +206,7 @@ def path_label_list(
     list_file = Path(list_file)
     root = Path(video_root) if video_root is not None else list_file.parent
     _require_dir(root, list_file)
-    names: list[str] | None = None
-    if classes_file is not None:
-        names, origin = read_class_index(classes_file), f"class-index file {classes_file}"
-        if classes is not None and list(classes) != names:
-            raise ValueError(
-                f"the classes given differ from those of {classes_file}: the labels would be permuted"
-            )
-    elif classes is not None:
-        names, origin = list(classes), "the class list given"
+    names, origin = _given_classes(classes_file, classes)
     if names is not None and num_classes is not None and len(names) != num_classes:
         raise ValueError(f"num_classes={num_classes} but {origin} lists {len(names)} classes")
     limit = len(names) if names is not None else num_classes

@@ -9,6 +9,7 @@ grow with num_crops; per video only a running sum of probabilities is kept.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,30 @@ class EvalResult:
         return out
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision in ``dtype`` on ``device``; full precision when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def readable_views(
+    loader, views: EvalViews, device: torch.device, failures: list[tuple[str, str]], progress=None
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """The readable clips of each batch of an evaluation loader, as views on ``device``.
+
+    Yields (the batch's ``video_index``, ``clip_index`` and ``label`` of those clips, their views
+    ``(N * num_crops, C, [T,] S, S)``, sample-major); the loader's reports of unreadable videos are
+    appended to ``failures``, and a batch with no readable clip yields nothing.
+    """
+    for batch in progress(loader) if progress else loader:
+        failures.extend(batch["failures"])
+        keep = batch["valid"]
+        if not keep.any():
+            continue
+        inputs = to_device({"input": batch["input"][keep], "size": batch["size"][keep]}, device)
+        kept = {key: batch[key][keep] for key in ("video_index", "clip_index", "label")}
+        yield kept, views(inputs["input"], sizes=inputs["size"].cpu())
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -62,19 +87,9 @@ def evaluate(
     failures: list[tuple[str, str]] = []
     was_training = model.training
     model.eval()
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    )
-    for batch in progress(loader) if progress else loader:
-        failures.extend(batch["failures"])
-        keep = batch["valid"]
-        if not keep.any():
-            continue
-        video_index = batch["video_index"][keep]
-        labels = batch["label"][keep]
-        batch = to_device({"input": batch["input"][keep], "size": batch["size"][keep]}, device)
-        x = views(batch["input"], sizes=batch["size"].cpu())  # (N * crops, C, [T,] S, S)
-        with autocast:
+    for batch, x in readable_views(loader, views, device, failures, progress):
+        video_index, labels = batch["video_index"], batch["label"]
+        with autocast(device, amp_dtype):
             logits = torch.cat([model(part) for part in x.split(chunk)]).float().cpu()
         targets = labels.repeat_interleave(views.num_crops)
         loss_sum += torch.tensor([F.cross_entropy(logits, targets, reduction="sum").item(), len(targets)])

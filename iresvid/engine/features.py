@@ -17,7 +17,6 @@ listed under ``incomplete``: nothing is replaced or filled in.  Single process.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -30,9 +29,9 @@ from torch import nn
 
 from iresvid.config import Config, ConfigError
 from iresvid.data.datasets import DatasetUnreadableError
-from iresvid.data.loader import to_device
 from iresvid.data.transforms import EvalViews
 from iresvid.engine.build import build_eval_inputs, build_model, load_trained, norm_stats, progress_bar
+from iresvid.engine.evaluate import autocast, readable_views
 from iresvid.engine.trainer import AMP_DTYPES
 
 log = logging.getLogger(__name__)
@@ -108,12 +107,9 @@ def extract_features(
     num_videos, num_clips, crops = dataset.num_videos, dataset.num_clips, views.num_crops
     was_training = model.training
     model.eval()
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    )
 
     def embed(x: torch.Tensor) -> list[torch.Tensor]:
-        with autocast:
+        with autocast(device, amp_dtype):
             if level == "pooled":
                 out = [model.forward_head(model.forward_features(x), pre_logits=True)]
             else:
@@ -127,15 +123,9 @@ def extract_features(
     clip_read = torch.zeros(num_videos * num_clips, dtype=torch.bool)
     views_read = torch.zeros(num_videos, dtype=torch.long)
     failures: list[tuple[str, str]] = []
-    for batch in progress(loader) if progress else loader:
-        failures.extend(batch["failures"])
-        keep = batch["valid"]
-        if not keep.any():
-            continue
-        video_index = batch["video_index"][keep]
-        rows = video_index * num_clips + batch["clip_index"][keep]
-        inputs = to_device({"input": batch["input"][keep], "size": batch["size"][keep]}, device)
-        x = views(inputs["input"], sizes=inputs["size"].cpu())  # (N * crops, C, [T,] S, S), sample-major
+    for batch, x in readable_views(loader, views, device, failures, progress):
+        video_index = batch["video_index"]
+        rows = video_index * num_clips + batch["clip_index"]
         parts = [embed(part) for part in x.split(chunk)]
         outputs = [torch.cat(stage).unflatten(0, (len(rows), crops)) for stage in zip(*parts, strict=True)]
         if not channels:

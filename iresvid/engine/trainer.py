@@ -36,7 +36,7 @@ from iresvid.engine.dist import (
     gather_objects,
     init_distributed,
 )
-from iresvid.engine.evaluate import EvalResult, evaluate
+from iresvid.engine.evaluate import EvalResult, autocast, evaluate
 from iresvid.engine.metrics import MetricsLogger, plot_confusion_matrix, plot_curves, write_per_class_csv
 from iresvid.engine.optim import build_optimizer, build_scheduler
 from iresvid.models.weights import CheckpointError, check_fits
@@ -377,12 +377,7 @@ class Trainer:
         if self.mixup is not None:
             generator = torch.Generator().manual_seed(hash((t.seed, self.epoch, self.step)) % 2**63)
             x, targets = self.mixup(x, labels, generator)
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
+        with autocast(self.device, self.amp_dtype):
             logits = self.train_model(x)
             loss = F.cross_entropy(
                 logits.float(), targets, label_smoothing=0.0 if self.mixup else t.label_smoothing
