@@ -1,26 +1,16 @@
 """Exports are checked by value: reloaded TorchScript / ONNX files against the eager model."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from cli_tools import tool_main
 from torch import nn
 
 from iresvid.config import load_config, to_dict
 from iresvid.engine.build import build_model, load_trained
 from iresvid.engine.export import ExportCheckError, example_input, export_model
 from iresvid.models import create_model
-
-
-def _tool_main():
-    """``tools/export.py``'s main, loaded by path: ``tools`` is not a package."""
-    path = Path(__file__).parents[1] / "tools" / "export.py"
-    spec = importlib.util.spec_from_file_location("export_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def _tiny(num_classes: int = 5) -> nn.Module:
@@ -58,7 +48,7 @@ def test_export_both_formats_reload_and_match(tmp_path):
 
 
 def test_export_from_training_checkpoint_via_tool(tmp_path):
-    main = _tool_main()
+    main = tool_main("export")
     cfg = load_config(
         None,
         [

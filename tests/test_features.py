@@ -1,6 +1,5 @@
 """Feature extraction on real encoded videos, checked by value against the model run by hand."""
 
-import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_tools import tool_main
 
 from iresvid.config import ConfigError, load_config, to_dict
 from iresvid.data.build import build_dataset
@@ -60,15 +60,6 @@ def setup(tmp_path_factory):
     return root, checkpoint
 
 
-def _tool_main():
-    """``tools/extract_features.py``'s main, loaded by path: ``tools`` is not a package."""
-    path = Path(__file__).parents[1] / "tools" / "extract_features.py"
-    spec = importlib.util.spec_from_file_location("extract_features_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def _by_hand(checkpoint: Path, video: int, clips: Sequence[int] = range(NUM_CLIPS)) -> torch.Tensor:
     """The pooled feature of dataset video ``video``: its ``clips`` × crops through the model, averaged."""
     model, cfg, classes = load_trained(checkpoint)
@@ -83,7 +74,8 @@ def _by_hand(checkpoint: Path, video: int, clips: Sequence[int] = range(NUM_CLIP
 def test_pooled_npy_with_sidecar_matches_the_model_by_hand(setup, tmp_path):
     root, checkpoint = setup
     out = tmp_path / "feats.npy"
-    assert _tool_main()(["--checkpoint", str(checkpoint), "--split", "val", "--out", str(out)]) == 0
+    extract = tool_main("extract_features")
+    assert extract(["--checkpoint", str(checkpoint), "--split", "val", "--out", str(out)]) == 0
 
     features = np.load(out)
     meta = json.loads(out.with_suffix(".json").read_text())
@@ -141,7 +133,7 @@ def test_spatial_maps_refused_when_too_large_or_not_pt(setup, tmp_path):
         )
     assert not (tmp_path / "maps.pt").exists()
     args = f"--checkpoint {checkpoint} --level stages --keep-spatial --out {tmp_path / 'm.npy'}".split()
-    assert _tool_main()(args) == 2 and not (tmp_path / "m.npy").exists()
+    assert tool_main("extract_features")(args) == 2 and not (tmp_path / "m.npy").exists()
 
 
 def test_a_video_read_in_part_is_averaged_over_its_readable_views_and_listed(setup, tmp_path, monkeypatch):
