@@ -221,6 +221,7 @@ class _Exploit:
         return (print, ("this would have run code",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")  # the file is not torch's
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:

@@ -192,7 +192,7 @@ def open_video(path: str | Path, backend: str = "decord", *, num_threads: int = 
     if not os.access(path, os.R_OK):
         raise PermissionError(errno.EACCES, "video file not readable (permission denied)", str(path))
     if backend == "torchcodec":
-        return TorchCodecReader(path, num_threads)
+        return _open_torchcodec(path, stat, num_threads)
     if backend == "pyav":
         return PyAVReader(path, num_threads)
     return _open_decord(path, stat, num_threads)
@@ -425,8 +425,9 @@ def _prepend(item, rest: Iterator) -> Iterator:
     yield from rest
 
 
-class _DecordCheck(NamedTuple):
-    """What checking a file's decord index found; the metadata is the PyAV reader's."""
+class _IndexCheck(NamedTuple):
+    """What checking a file's decord or torchcodec index against the PyAV packet table found; the metadata
+    is the PyAV reader's."""
 
     exact: bool
     num_frames: int
@@ -445,7 +446,7 @@ class DecordReader(VideoReader):
 
     backend = "decord"
 
-    def __init__(self, path: Path, vr, checked: _DecordCheck, key: _FileKey):
+    def __init__(self, path: Path, vr, checked: _IndexCheck, key: _FileKey):
         self.path = path
         self._vr = vr
         self._checked, self._key = checked, key
@@ -483,25 +484,30 @@ class DecordReader(VideoReader):
         self._vr = None  # decord frees the native reader (and its decode thread) on deletion
 
 
-_FileKey = tuple[str, int, int, int]  # path, size, mtime (ns), inode
+_FileKey = tuple[str, str, int, int, int]  # backend checked, path, size, mtime (ns), inode
+
+
+def _file_key(backend: str, path: Path, stat: os.stat_result) -> _FileKey:
+    return (backend, str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
 
 class _CheckCache:
-    """`_DecordCheck` per file, bounded to ``maxsize`` files (least recently used dropped); thread-safe."""
+    """`_IndexCheck` per (backend, file), bounded to ``maxsize`` entries (least recently used dropped);
+    thread-safe."""
 
     def __init__(self, maxsize: int):
         self.maxsize = maxsize
-        self._entries: OrderedDict[_FileKey, _DecordCheck] = OrderedDict()
+        self._entries: OrderedDict[_FileKey, _IndexCheck] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: _FileKey) -> _DecordCheck | None:
+    def get(self, key: _FileKey) -> _IndexCheck | None:
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
             return value
 
-    def put(self, key: _FileKey, value: _DecordCheck) -> None:
+    def put(self, key: _FileKey, value: _IndexCheck) -> None:
         with self._lock:
             self._entries[key] = value
             self._entries.move_to_end(key)
@@ -524,12 +530,13 @@ _checked = _CheckCache(OPEN_CACHE_SIZE)
 
 
 def clear_open_cache() -> None:
-    """Forget every file's decord check in this process (to time cold opens; rewritten files need not)."""
+    """Forget every file's decord and torchcodec check in this process (to time cold opens; rewritten files
+    need not: they are checked again)."""
     _checked.clear()
 
 
 def _open_decord(path: Path, stat: os.stat_result, num_threads: int) -> VideoReader:
-    key: _FileKey = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    key = _file_key("decord", path, stat)
     checked = _checked.get(key)
     if checked is not None and not checked.exact:
         return PyAVReader(path, num_threads)
@@ -568,8 +575,8 @@ def _decord_open(path: Path, num_threads: int):
         raise VideoDecodeError(path, f"decord cannot open it ({e})") from e
 
 
-def _check(exact: bool, reference: PyAVReader) -> _DecordCheck:
-    return _DecordCheck(exact, reference.num_frames, reference.fps, reference.height, reference.width)
+def _check(exact: bool, reference: PyAVReader) -> _IndexCheck:
+    return _IndexCheck(exact, reference.num_frames, reference.fps, reference.height, reference.width)
 
 
 def _decord_index_matches(vr, reference: PyAVReader) -> bool:
@@ -584,9 +591,45 @@ def _decord_index_matches(vr, reference: PyAVReader) -> bool:
     return bool(np.allclose(theirs, ours, rtol=0, atol=1e-3))
 
 
+def _open_torchcodec(path: Path, stat: os.stat_result, num_threads: int) -> VideoReader:
+    """A torchcodec reader where its frame index matches the PyAV packet table, else the PyAV reader.
+
+    torchcodec 0.17's exact mode indexes MPEG-4 AVI files with B-frames wrongly (its key frames land two
+    frames early and it returns neighbouring frames), and counts the incomplete last packet of a truncated
+    file as a frame (reading it fails).  Both show as a different frame count or key-frame list; the check
+    is remembered per file, as decord's is.
+    """
+    key = _file_key("torchcodec", path, stat)
+    checked = _checked.get(key)
+    if checked is not None and not checked.exact:
+        return PyAVReader(path, num_threads)
+    try:
+        reader = TorchCodecReader(path, num_threads)
+    except VideoDecodeError:
+        reader = None  # PyAV may still read it (and if not, its error is the one every backend gives)
+    if checked is not None and reader is not None and reader.num_frames == checked.num_frames:
+        return reader._with_metadata(checked)
+    reference = PyAVReader(path, num_threads)
+    exact = (
+        reader is not None
+        and reader.num_frames == reference.num_frames
+        and reader._key_frames() == reference._key_index
+    )
+    checked = _check(exact, reference)
+    _checked.put(key, checked)
+    if not exact:
+        if reader is not None:
+            reader.close()
+        _log.debug("%s: torchcodec's frame index disagrees with the packet table, reading with PyAV", path)
+        return reference
+    reference.close()
+    return reader._with_metadata(checked)
+
+
 class TorchCodecReader(VideoReader):
     """torchcodec's ``VideoDecoder`` in exact seek mode (it scans the file, so its frame count is real).
 
+    Opened through `open_video`, only on files whose index it gets right (see `_open_torchcodec`).
     torchcodec < 0.11 ignores rotation metadata and returns the stored orientation.
     """
 
@@ -610,6 +653,14 @@ class TorchCodecReader(VideoReader):
         self.num_frames = len(self._decoder)  # counted by the exact-mode scan, not read from the header
         self.fps = float(metadata.average_fps or 0.0)
         self.height, self.width = int(metadata.height), int(metadata.width)
+
+    def _key_frames(self) -> list[int]:
+        return self._decoder._get_key_frame_indices().tolist()
+
+    def _with_metadata(self, checked: _IndexCheck) -> TorchCodecReader:
+        """The PyAV reader's frame rate and displayed size: every backend reports the same for a file."""
+        self.fps, self.height, self.width = checked.fps, checked.height, checked.width
+        return self
 
     def _get_frames(self, indices: list[int]) -> torch.Tensor:
         try:
