@@ -1,8 +1,8 @@
 """The ``iresvid`` command: thin argument parsing over the library.
 
 Subcommands: ``train`` and ``test`` (also ``tools/train.py``, ``tools/test.py``), ``zoo`` (params and
-GFLOPs of every model), ``make-demo-data ROOT`` (the synthetic motion dataset), ``config`` (every config key
-with its type, default and meaning).
+GFLOPs of every model), ``make-demo-data ROOT`` (the synthetic motion dataset), ``bench`` (also
+``tools/benchmark.py``), ``config`` (every config key with its type, default and meaning).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+from iresvid.benchmarks import add_arguments as add_benchmark_arguments
 
 # Errors that are the user's to fix: printed as one clear line, no traceback.
 _USER_ERRORS = (
@@ -112,6 +114,12 @@ def _test(args: argparse.Namespace) -> int:
     return run_guarded(run)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from iresvid.benchmarks.runner import run
+
+    return run(args, args.parser)
+
+
 def _config(args: argparse.Namespace) -> int:
     from iresvid.config import describe_schema
 
@@ -150,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--layout", choices=("ucf101", "kinetics"), default="ucf101")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_make_demo_data)
+
+    bench = sub.add_parser("bench", help="speed, memory and deep-gradient benchmarks, written as JSON")
+    add_benchmark_arguments(bench)
+    bench.set_defaults(func=_bench, parser=bench)
 
     config = sub.add_parser("config", help="every config key with its type, default and meaning")
     config.set_defaults(func=_config)

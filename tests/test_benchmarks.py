@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from iresvid import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "tools" / "benchmark.py"
 
@@ -82,3 +84,10 @@ def test_deep_quick(tmp_path):
     }
     assert all(r["finite"] for r in record["results"])
     assert len(record["ratios"]) == 4
+
+
+def test_iresvid_bench_is_the_same_command(tmp_path, capsys):
+    """``iresvid bench`` runs the benchmarks of ``tools/benchmark.py`` with the same arguments."""
+    assert cli.main(["bench", "deep", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert f"wrote {tmp_path / 'deep.json'}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "deep.json").read_text())["benchmark"] == "deep"
