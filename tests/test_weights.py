@@ -12,7 +12,8 @@ from official_reference import official_forward
 import iresvid
 from iresvid.models import CheckpointError
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_iresnet_state_dicts.json"
+# Key names and shapes of the official iduta/iresnet checkpoints (a copy of shared/reference/).
+REFERENCE = Path(__file__).resolve().parent / "reference" / "official_iresnet_state_dicts.json"
 # The official families: (name, ResStage roles, iResNet stem + shortcut)
 OFFICIAL = [
     ("iresnet18", True, True),
