@@ -37,21 +37,18 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         layers=m.layers,
     )
     kwargs.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in optional.items() if v is not None})
+    # Fine-tuning loads everything but the checkpoint's classifier (num_classes=0), then adds a fresh one.
+    fine_tune = bool(m.pretrained and m.reset_classifier)
     try:
-        if m.pretrained and m.reset_classifier:
-            # Fine-tuning: everything but the checkpoint's classifier (num_classes=0), then a fresh one.
-            model = create_model(
-                m.name, num_classes=0, pretrained=m.pretrained, inflate_init=m.inflate_init, **kwargs
-            )
+        model = create_model(
+            m.name,
+            num_classes=0 if fine_tune else num_classes,
+            pretrained=m.pretrained,
+            inflate_init=m.inflate_init,
+            **kwargs,
+        )
+        if fine_tune:
             model.reset_classifier(num_classes)
-        else:
-            model = create_model(
-                m.name,
-                num_classes=num_classes,
-                pretrained=m.pretrained,
-                inflate_init=m.inflate_init,
-                **kwargs,
-            )
     except (TypeError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
