@@ -51,3 +51,17 @@ def remux_faststart(src: Path, dst: Path) -> Path:
                 packet.stream = stream
                 out.mux(packet)
     return dst
+
+
+def backend_params() -> list:
+    """Every backend of the table as a test parameter; one that does not load here is skipped, saying why
+    (CI installs all three and requires them: tests/test_video_io.py::test_list_backends)."""
+    import pytest
+
+    from iresvid.data.video_io import BACKENDS, list_backends
+
+    loaded = list_backends()
+    return [
+        pytest.param(name, marks=pytest.mark.skipif(name not in loaded, reason=f"{name} does not load here"))
+        for name in BACKENDS
+    ]

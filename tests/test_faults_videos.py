@@ -30,7 +30,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from media import remux_faststart, write_audio_only, write_timed
+from media import backend_params, remux_faststart, write_audio_only, write_timed
 
 from iresvid.data.annotations import Annotations, VideoRecord
 from iresvid.data.datasets import ClipDataset
@@ -40,6 +40,7 @@ from iresvid.data.transforms import resize_short_side
 from iresvid.data.video_io import VideoDecodeError, list_backends, open_video
 
 AVAILABLE = list_backends()
+BACKEND_PARAMS = backend_params()
 N, H, W, FPS = 36, 48, 64, 25
 GOP = 12
 CUT_FRAME = 17  # truncated files end inside the packet of this display frame, in the second GOP
@@ -314,11 +315,12 @@ def _last_started(stdout: str | bytes | None) -> str:
     return started[-1] if started else "(none: the process died before the first file)"
 
 
-def _run_child(args: list[str], stdin: str, timeout: float, what: str) -> list[dict]:
-    """Run this file as a child with ``args``; a crash or a hang fails the test, naming the file at fault."""
+def _run_child(args: list[str], stdin: str, timeout: float, what: str, script: str = __file__) -> list[dict]:
+    """Run ``script`` (this file) as a child with ``args``; a crash or a hang fails the test, naming the file
+    at fault (the last ``{"event": "start", "name": ...}`` line the child printed)."""
     try:
         proc = subprocess.run(
-            [sys.executable, __file__, *args], input=stdin, capture_output=True, text=True, timeout=timeout
+            [sys.executable, script, *args], input=stdin, capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired as e:
         pytest.fail(
@@ -359,7 +361,7 @@ def assert_error(result: dict, error: type[Exception], path: Path, reason: str) 
 
 
 @pytest.mark.parametrize("name", list(EXPECT))
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_open_video_decodes_exactly_or_fails_cleanly(corpus, sweep, reference, backend, name):
     fault = corpus[name]
     results, frames_dir = sweep(backend)
@@ -378,7 +380,7 @@ def test_open_video_decodes_exactly_or_fails_cleanly(corpus, sweep, reference, b
     assert diff <= TOLERANCE.get(backend, 2), f"max abs difference {diff} to the sequential PyAV decode"
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_huge_frames_decode_and_resize_within_memory(sweep, backend):
     result = sweep(backend)[0]["huge_4k"]
     assert result["outcome"] == "frames" and result["num_frames"] == HUGE[0]
@@ -409,7 +411,7 @@ def assert_reported(failures: list[tuple[str, str]], corpus: dict[str, Fault]) -
         assert path in reason, (path, reason)
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_training_skips_and_reports_bad_files_and_batches_carry_the_decoded_label(corpus, backend):
     annotations = corpus_annotations(corpus)
     records = annotations.records
@@ -439,7 +441,7 @@ def test_training_skips_and_reports_bad_files_and_batches_carry_the_decoded_labe
     assert_reported(failures, corpus)
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_evaluation_marks_bad_files_invalid_and_never_replaces_them(corpus, backend):
     annotations = corpus_annotations(corpus)
     records = annotations.records

@@ -8,6 +8,7 @@ mirror), so a reader that is off by one frame fails even if the reference were w
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import pickle
 import random
@@ -19,13 +20,14 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from media import remux_faststart, write_audio_only, write_timed
+from media import backend_params, remux_faststart, write_audio_only, write_timed
 
 from iresvid.data import video_io
 from iresvid.data.encode import write_video
 from iresvid.data.video_io import BACKENDS, VideoDecodeError, list_backends, open_video
 
 AVAILABLE = list_backends()
+BACKEND_PARAMS = backend_params()
 N, H, W, FPS = 48, 48, 64, 25
 STEP = 5  # intensity step between neighbouring frames in the flat halves
 MAIN = ("mp4", "mp4_bframes", "avi", "avi_bframes")
@@ -131,7 +133,12 @@ def reference(media):
 
 
 def test_list_backends():
+    """Only backends that really load are listed: torchcodec imports without FFmpeg's shared libraries and
+    fails at its first decoder, so it counts only where they loaded."""
+    import torchcodec
+
     assert {"pyav", "decord"} <= set(AVAILABLE) <= set(BACKENDS)
+    assert ("torchcodec" in AVAILABLE) == (torchcodec.ffmpeg_major_version is not None)
     # CI installs torchcodec (and FFmpeg's libraries) and requires it here: without them every torchcodec
     # case of the video tests would quietly drop out of the parametrisation.
     required = {b for b in os.environ.get("IRESVID_REQUIRE_BACKENDS", "").split(",") if b}
@@ -151,7 +158,7 @@ def test_generated_files_have_the_traps(media, reference, kind):
         assert min(pts) == 1  # AVI + B-frames starts at pts 1: index i is not pts i
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("kind", MAIN)
 def test_metadata(media, backend, kind):
     with open_video(media[kind], backend) as reader:
@@ -161,7 +168,7 @@ def test_metadata(media, backend, kind):
         assert reader.path == media[kind]
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("kind", MAIN)
 def test_frame_exact(media, reference, backend, kind):
     expected = reference(kind)
@@ -183,7 +190,7 @@ def test_frame_exact(media, reference, backend, kind):
             assert [frame_id(f) for f in got.numpy()] == indices
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("kind", MAIN)
 def test_random_clips(media, reference, backend, kind):
     expected, rng = reference(kind), random.Random(kind)
@@ -198,7 +205,7 @@ def test_random_clips(media, reference, backend, kind):
 
 
 @pytest.mark.parametrize("num_threads", [0, 2])
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_threaded_decoding_is_exact(media, reference, backend, num_threads):
     indices = [40, 3, 3, 25, 47, 0]
     with open_video(media["mp4_bframes"], backend, num_threads=num_threads) as reader:
@@ -211,7 +218,7 @@ def test_decord_backend_uses_decord_where_it_is_exact(media, kind):
         assert reader.backend == "decord"
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_index_types_and_empty_request(media, reference, backend):
     with open_video(media["mp4"], backend) as reader:
         expected = reference("mp4")[[4, 2, 4]]
@@ -220,7 +227,7 @@ def test_index_types_and_empty_request(media, reference, backend):
         assert reader.get_frames([]).shape == (0, H, W, 3)
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("bad", [N, N + 100, -1, -N])
 def test_out_of_range_index(media, backend, bad):
     with open_video(media["mp4"], backend) as reader, pytest.raises(IndexError) as info:
@@ -229,13 +236,13 @@ def test_out_of_range_index(media, backend, bad):
     assert str(media["mp4"]) in message and str(bad) in message and f"num_frames={N}" in message
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_non_integer_index(media, backend):
     with open_video(media["mp4"], backend) as reader, pytest.raises(TypeError):
         reader.get_frames([1.5])
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("kind", ["zero", "truncated_mp4", "random", "audio_only"])
 def test_undecodable_files(media, backend, kind):
     with pytest.raises(VideoDecodeError) as info:
@@ -246,14 +253,14 @@ def test_undecodable_files(media, backend, kind):
     assert (type(clone), clone.path, clone.reason) == (VideoDecodeError, error.path, error.reason)
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_missing_file(tmp_path, backend):
     missing = tmp_path / "nope" / "missing.mp4"
     with pytest.raises(FileNotFoundError, match="missing.mp4"):
         open_video(missing, backend)
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("kind", ["truncated_avi", "truncated_faststart_mp4"])
 def test_truncated_file_counts_only_complete_frames(media, reference, backend, kind):
     """The header still claims N frames; only the packets before the cut (minus the cut one) are real."""
@@ -269,7 +276,7 @@ def test_truncated_file_counts_only_complete_frames(media, reference, backend, k
             reader.get_frames([reader.num_frames])
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("kind", ["one_mp4", "one_avi"])
 def test_one_frame_video(media, reference, backend, kind):
     with open_video(media[kind], backend) as reader:
@@ -277,7 +284,7 @@ def test_one_frame_video(media, reference, backend, kind):
         assert_frames(reader.get_frames([0, 0]), reference(kind)[[0, 0]], backend)
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_audio_stream_is_ignored(media, reference, backend):
     expected = reference("with_audio")
     with av.open(str(media["with_audio"])) as container:
@@ -288,7 +295,7 @@ def test_audio_stream_is_ignored(media, reference, backend):
         assert_frames(reader.get_frames(indices), expected[indices], backend)
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_variable_frame_rate(media, reference, backend):
     expected = reference("vfr")
     with open_video(media["vfr"], backend) as reader:
@@ -300,7 +307,7 @@ def test_variable_frame_rate(media, reference, backend):
         assert [frame_id(f) for f in got.numpy()] == indices
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("degrees", [90, 180])
 def test_rotation_metadata_is_applied(media, reference, backend, degrees):
     # The display matrix angle is counter-clockwise, like np.rot90 with positive k.
@@ -311,7 +318,7 @@ def test_rotation_metadata_is_applied(media, reference, backend, degrees):
         assert_frames(reader.get_frames(indices), expected[indices], backend)
 
 
-@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_memory_stays_bounded(tmp_path, backend):
     """Many clips from one reader, and many short-lived readers, must not grow the process (decord caches)."""
     yy, xx = np.mgrid[0:96, 0:128]
@@ -365,6 +372,16 @@ def test_torchcodec_missing_names_the_extra(media, monkeypatch):
         open_video(media["mp4"], "torchcodec")
 
 
+def test_torchcodec_without_ffmpeg_is_not_listed_and_says_what_to_install(media, monkeypatch):
+    """What a machine without FFmpeg's shared libraries sees (torchcodec then imports, with no version)."""
+    import torchcodec
+
+    monkeypatch.setattr(torchcodec, "ffmpeg_major_version", None)
+    assert "torchcodec" not in list_backends() and {"decord", "pyav"} <= set(list_backends())
+    with pytest.raises(ImportError, match=r"torchcodec.*libavdevice"):
+        open_video(media["mp4"], "torchcodec")
+
+
 def test_cached_open_skips_the_check_and_stays_exact(media, reference, monkeypatch):
     """A file already checked in this process opens with decord alone, with the same metadata and frames."""
     video_io.clear_open_cache()
@@ -381,12 +398,14 @@ def test_cached_open_skips_the_check_and_stays_exact(media, reference, monkeypat
         assert_frames(reader.get_frames(indices), reference("mp4_bframes")[indices], "decord")
 
 
-# Files where a backend's own index is wrong (or it cannot read them): the reader is PyAV's.
+# Files a backend cannot read exactly (its probe fails, it cannot read them, or it counts other frames):
+# the reader is PyAV's from the first open on.
 FALLBACKS = [
     ("decord", "avi_bframes"), ("decord", "rot90"), ("decord", "truncated_avi"),
-    ("torchcodec", "avi_bframes"), ("torchcodec", "truncated_avi"), ("torchcodec", "truncated_faststart_mp4"),
+    ("torchcodec", "truncated_avi"), ("torchcodec", "truncated_faststart_mp4"),
 ]  # fmt: skip
 _BACKEND_OPEN = {"decord": "_decord_open", "torchcodec": "TorchCodecReader"}
+_ORIGINAL = {"truncated_avi": "avi_bframes", "truncated_faststart_mp4": "mp4_bframes"}
 
 
 @pytest.mark.parametrize("backend, kind", [f for f in FALLBACKS if f[0] in AVAILABLE])
@@ -403,17 +422,34 @@ def test_cached_fallback_to_pyav_skips_the_backend(media, reference, monkeypatch
     with open_video(media[kind], backend) as reader:
         assert (reader.backend, reader.num_frames, reader.height, reader.width) == ("pyav", *first)
         indices = [reader.num_frames - 1, 0, reader.num_frames // 2]
-        expected = reference(
-            {"truncated_avi": "avi_bframes", "truncated_faststart_mp4": "mp4_bframes"}.get(kind, kind)
-        )
+        expected = reference(_ORIGINAL.get(kind, kind))
         if kind == "rot90":
             expected = np.rot90(expected, 1, axes=(1, 2))
         assert_frames(reader.get_frames(indices), np.ascontiguousarray(expected[indices]), "pyav")
 
 
+@pytest.mark.skipif("torchcodec" not in AVAILABLE, reason="torchcodec does not load here")
+def test_torchcodec_timestamps_that_disagree_are_reread_exactly(media, reference, monkeypatch, caplog):
+    """torchcodec 0.17 returns neighbouring frames of a B-frame AVI; its pts_seconds give it away: the batch
+    is read again by the exact PyAV reader (counted, logged once), and so is the file from then on."""
+    video_io.clear_open_cache()
+    indices = [47, 0, 13, 12, 30]
+    log = caplog.at_level(logging.WARNING, "iresvid.data.video_io")
+    with log, open_video(media["avi_bframes"], "torchcodec") as reader:
+        assert reader.backend == "torchcodec"
+        assert_frames(reader.get_frames(indices), reference("avi_bframes")[indices], "pyav")
+        assert_frames(reader.get_frames([5, 6]), reference("avi_bframes")[[5, 6]], "pyav")
+        assert reader.rereads == 1
+    [warning] = [r.getMessage() for r in caplog.records if str(media["avi_bframes"]) in r.getMessage()]
+    assert "torchcodec gave" in warning
+    monkeypatch.setattr(video_io, "TorchCodecReader", lambda *a: pytest.fail("torchcodec opened again"))
+    with open_video(media["avi_bframes"], "torchcodec") as reader:
+        assert reader.backend == "pyav"
+
+
 def test_open_cache_is_a_bounded_lru(media, monkeypatch):
     cache = video_io._CheckCache(2)
-    monkeypatch.setattr(video_io, "_checked", cache)
+    monkeypatch.setattr(video_io, "_verdicts", cache)
     for kind in ("mp4", "avi", "mp4_bframes"):
         open_video(media[kind], "decord").close()
     assert len(cache) == 2
@@ -465,3 +501,24 @@ def test_decord_decode_failure_falls_back_to_pyav(tmp_path, size):
     with open_video(path, "decord") as reader:  # remembered: the next open goes straight to PyAV
         assert reader.backend == "pyav"
         assert_frames(reader.get_frames(indices), expected[indices], "pyav")
+
+
+def test_the_public_data_api_is_what_the_readme_shows(media):
+    """`iresvid.data` exports the readers, datasets, samplers and transforms (lazily, each the real one)."""
+    import iresvid.data as data
+    from iresvid.config.schema import DataConfig
+    from iresvid.data import datasets, sampling, transforms
+
+    with data.open_video(media["mp4"]) as reader:
+        assert reader.get_frames([0]).shape == (1, H, W, 3)
+    assert data.list_backends() == AVAILABLE and data.VideoDecodeError is VideoDecodeError
+    assert (data.ClipDataset, data.uniform_clips, data.GpuAugment) == (
+        datasets.ClipDataset,
+        sampling.uniform_clips,
+        transforms.GpuAugment,
+    )
+    assert all(getattr(data, name) is not None for name in data.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        data.nope  # noqa: B018
+    # The config's backend choices are the table's keys: adding a backend touches one place.
+    assert DataConfig.__dataclass_fields__["backend"].metadata["choices"] == tuple(BACKENDS)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from iresvid.data.video_io import BACKENDS
+
 
 def doc(default, help: str, **checks):
     """A field with its help text and value checks (``min``, ``choices``) kept as metadata."""
@@ -92,7 +94,9 @@ class DataConfig:
     num_crops: int = doc(3, "evaluation: spatial crops per clip", choices=(1, 3))
     val_num_clips: int = doc(1, "validation during training: clips per video (fast)", min=1)
     val_num_crops: int = doc(1, "validation during training: crops per clip", choices=(1, 3))
-    backend: str = doc("decord", "video decoder", choices=("decord", "pyav", "torchcodec"))
+    backend: str = doc(
+        "decord", "video decoder (each one proven frame-exact per file)", choices=tuple(BACKENDS)
+    )
     batch_size: int = doc(64, "global batch size, split across processes", min=1)
     eval_batch_size: int | None = doc(
         None, "views per evaluation batch per process (None: batch_size)", min=1

@@ -1,26 +1,30 @@
-"""Frame-exact video readers behind one interface: decord, PyAV and (optionally) torchcodec.
+"""Frame-exact video readers behind one backend table: PyAV, decord and (where FFmpeg loads) torchcodec.
 
 ``open_video(path, backend).get_frames(indices)`` returns uint8 ``(T, H, W, C)`` frames where frame ``i`` is
-exactly the ``i``-th displayed frame, i.e. what decoding the whole video in order with PyAV gives.  Indices
-mean *display order*, so every backend has to survive these traps:
+exactly the ``i``-th frame of an uninterrupted decode of the whole video, in display order and orientation.
 
-* With B-frames, packets are stored out of display order and AVI files then start at pts 1, not 0: a reader
-  that turns indices into timestamps with ``index / fps`` is off by one frame.
-* A seek lands on a keyframe before the requested time (or after it: AVI indexes seeks by dts, so seeking to
-  a B-frame AVI keyframe's pts lands on the next keyframe), so the decoder must run forward and match frames
-  by pts, never by counting from where it thinks it landed.
-* Container headers lie about the frame count (truncated files keep the original ``nb_frames``).
+Exact by construction, not by metadata.  Real files break every shortcut: B-frames store packets out of
+display order (and AVI then starts at pts 1), seeks land a GOP early or late (AVI seeks by dts, MPEG program
+streams by bytes), a seek into an MPEG program stream hands the key frame the timestamp of a later packet,
+headers miscount frames, open GOPs leave broken leading pictures after a seek.  So:
 
-The PyAV and decord readers therefore work from a pts table built by demuxing the video packets once (cheap,
-nothing is decoded): ``num_frames`` is the number of indexed packets and frame ``i`` has the ``i``-th
-smallest pts; torchcodec's exact mode does the same scan itself.  Only the video stream is read: audio is
-discarded by the demuxer, never decoded.  Frames come in display orientation (rotation metadata applied, as
-decord and torchcodec >= 0.11 do); ``height`` and ``width`` are the displayed size.
+* The *index* (frame number -> presentation timestamp, key frames) is what the demuxer yields, packet by
+  packet; where packets carry no usable timestamps (some MPEG-PS/TS and AVI muxers) it is what a full
+  decode yields instead (`FrameIndex.source`).
+* Every PyAV decode pass after a seek is proven against the index as it runs: the first frame must be a key
+  frame of the index, then each frame must be the next index entry by timestamp (skipped non-reference
+  frames excepted).  A pass that disagrees is never returned: the read is redone by the *exact path* — one
+  sequential decode from the file's first byte, frames counted as they come, which is the definition above
+  — and the file is marked so that this process never seeks in it again (logged once per file, counted in
+  ``reader.rereads`` for the epoch report).
+* torchcodec returns presentation timestamps: every batch is compared with the index, and a mismatch is
+  re-read through the exact path.  decord returns none: a file is read with decord only after a probe
+  decodes a few frames with both decord and the exact PyAV reader and finds them identical.
 
-Checking decord's index against the PyAV table costs more than decord's own open (measured on 10 s 320×240
-H.264: 10 ms against 3.4 ms), so each process remembers, per file, what the check found (`OPEN_CACHE_SIZE`
-files, least recently used dropped): a data-loader worker reopening a file in a later epoch opens it with
-decord alone.  Files are identified by path, size, mtime and inode, so a rewritten file is checked again.
+The fast path seeks to the key frame before a wanted frame, decodes non-reference frames only where they
+are wanted (FFmpeg's ``skip_frame``), stops after the last wanted frame and converts to RGB only what it
+returns.  Each process remembers per file (path, size, mtime, inode: a rewritten file is looked at again)
+its index and each backend's verdict, so later opens skip the demux scan and the probe.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from functools import cache
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from stat import S_ISREG
 from types import TracebackType
@@ -49,6 +54,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "Backend",
+    "FrameIndex",
     "OPEN_CACHE_SIZE",
     "VideoDecodeError",
     "VideoReader",
@@ -57,9 +64,10 @@ __all__ = [
     "open_video",
 ]
 
-BACKENDS = ("decord", "pyav", "torchcodec")
-OPEN_CACHE_SIZE = 32768  # files per process; an entry is about 0.5 kB
-_MODULES = {"decord": "decord", "pyav": "av", "torchcodec": "torchcodec.decoders"}
+OPEN_CACHE_SIZE = 32768  # backend verdicts per process; an entry is about 0.5 kB
+INDEX_CACHE_SIZE = 2048  # frame indexes per process; a 10 s clip's is about 4 kB
+DECORD_MAX_PIXELS = 1920 * 1088  # larger frames are read with PyAV (see `_open_decord`)
+PROBE_TOLERANCE = 2  # |difference| in RGB levels decord may show against PyAV on the probe frames
 
 _log = logging.getLogger(__name__)
 
@@ -78,25 +86,19 @@ class VideoDecodeError(RuntimeError):
         return type(self), (self.path, self.reason)
 
 
-@cache
-def _importable(backend: str) -> bool:
-    try:
-        importlib.import_module(_MODULES[backend])
-    except (ImportError, OSError, RuntimeError):  # torchcodec raises RuntimeError when FFmpeg is missing
-        return False
-    return True
+class _Mismatch(Exception):
+    """A decode pass yielded a frame the index does not expect there: its result must not be returned."""
 
 
-def list_backends() -> list[str]:
-    """Backends whose library imports on this machine, in ``BACKENDS`` order."""
-    return [backend for backend in BACKENDS if _importable(backend)]
+# ------------------------------------------------------------------------------------------------ readers
 
 
 class VideoReader(ABC):
     """Random access to the frames of one video; one subclass per backend.
 
     ``duration`` is ``num_frames / fps`` (exact for constant frame rate, the nominal length otherwise).
-    Readers hold an open decoder: close them (or use ``with``) instead of keeping them around.
+    ``rereads`` counts the reads this reader redid through the exact path because what the backend returned
+    was not the frame asked for.  Readers hold an open decoder: close them (or use ``with``).
     """
 
     backend: str
@@ -105,6 +107,7 @@ class VideoReader(ABC):
     fps: float
     height: int
     width: int
+    rereads: int = 0
 
     @property
     def duration(self) -> float:
@@ -163,92 +166,102 @@ class VideoReader(ABC):
         )
 
 
-def open_video(path: str | Path, backend: str = "decord", *, num_threads: int = 1) -> VideoReader:
-    """Open ``path`` for frame-exact random access with ``backend`` (one of ``BACKENDS``).
+@dataclass
+class FrameIndex:
+    """What a file's video stream really holds: display-order timestamps and key frames, size and rotation.
 
-    ``num_threads`` is the decoder's thread count (0 = FFmpeg's automatic choice); data-loader workers want 1.
-    Raises FileNotFoundError for a missing path (or a dangling symbolic link), PermissionError for a file
-    this process may not read (or a folder on its path it may not search), VideoDecodeError for a file
-    without a decodable video stream (or a path that cannot be resolved, e.g. a symbolic link loop),
-    ImportError when the backend's library is not installed.  Every error names the path.
-
-    With ``backend="decord"`` the returned reader may be a PyAV one (``reader.backend == "pyav"``): decord
-    builds its own frame index and seeks with it, and on files where that index disagrees with the PyAV
-    packet table (e.g. MPEG-4 AVI with B-frames, where decord gets no pts for a third of the packets and then
-    returns neighbouring frames) only PyAV is frame-exact.
+    ``source`` says where the timestamps come from: ``"packets"`` (the demuxer's, checked against the
+    decoder on every read), ``"decoded"`` (a full decode, for streams whose packets lack them) or
+    ``"ordinal"`` (no usable timestamps at all: every read is the sequential exact path).
+    ``seek_trusted`` turns False, for the rest of the process, once a seek in the file went wrong.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
-    if num_threads < 0:
-        raise ValueError(f"num_threads must be >= 0 (0 = automatic), got {num_threads}")
-    path = Path(path)
-    stat = _stat(path)
-    if not S_ISREG(stat.st_mode):
-        raise VideoDecodeError(path, "not a regular file")
-    if stat.st_size == 0:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
-    # Checked here, not left to the decoders: they would report it as an undecodable file, and a decord open
-    # of a file checked earlier in this process (the cache ignores permissions) as a decord failure.
-    if not os.access(path, os.R_OK):
-        raise PermissionError(errno.EACCES, "video file not readable (permission denied)", str(path))
-    if backend == "torchcodec":
-        return _open_torchcodec(path, stat, num_threads)
-    if backend == "pyav":
-        return PyAVReader(path, num_threads)
-    return _open_decord(path, stat, num_threads)
 
+    pts: list[int]
+    key_index: list[int]  # display indices of the key frames
+    key_pts: list[int]
+    key_dts: list[int]
+    start_ts: int  # where decoding the whole stream starts (smallest dts)
+    time_base: Fraction
+    fps: float
+    source: str
+    coded_size: tuple[int, int] = (0, 0)  # (width, height) as decoded
+    quarter_turns: int = 0  # display rotation, counter-clockwise
+    bits: int = 8  # per sample, as decoded
+    codec: str = ""
+    seek_trusted: bool = True
+    _index_of: dict[int, int] = field(init=False, repr=False)
 
-def _stat(path: Path) -> os.stat_result:
-    """``path``'s status, following symbolic links, with the failure said in words that name the path."""
-    try:
-        return path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        what = "dangling symbolic link" if path.is_symlink() else "video file not found"
-        raise FileNotFoundError(errno.ENOENT, what, str(path)) from None
-    except PermissionError:
-        # stat needs no permission on the file itself, only search permission on every folder above it.
-        raise PermissionError(errno.EACCES, "a folder on the path cannot be searched", str(path)) from None
-    except OSError as e:  # a symbolic link loop (ELOOP), a name too long, an I/O error
-        raise VideoDecodeError(path, f"cannot resolve the path ({e.strerror})") from e
+    def __post_init__(self) -> None:
+        self._index_of = {p: i for i, p in enumerate(self.pts)}
+        self._keys = set(self.key_index)
+        if self.source == "ordinal":
+            self.seek_trusted = False
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.pts)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) as displayed."""
+        width, height = self.coded_size
+        return (width, height) if self.quarter_turns % 2 else (height, width)
+
+    def index_of(self, ts: int | None) -> int | None:
+        return self._index_of.get(ts)
+
+    def is_key(self, index: int) -> bool:
+        return index in self._keys
+
+    def seconds(self, indices: Sequence[int]) -> np.ndarray:
+        return np.asarray([self.pts[i] for i in indices], dtype=np.float64) * float(self.time_base)
 
 
 class PyAVReader(VideoReader):
-    """Decodes with PyAV, seeking only when a keyframe lies between the current position and the target.
+    """PyAV, with every seek pass proven against the `FrameIndex` and the sequential exact path behind it.
 
-    Requested frames are visited in ascending order: targets in the same GOP (or with no keyframe between
-    them) are reached by decoding forward, a far or backward jump seeks to the last keyframe at or before
-    the target.  Decoded frames are identified by pts, so wherever a seek lands the right frame comes out;
-    if the target never appears (seek landed after it, decoder dropped it) decoding restarts from the first
-    packet once before giving up with VideoDecodeError.
+    Requested frames are visited in ascending order: frames in the same GOP (or with no key frame between
+    them) are reached by decoding forward, a far or backward jump seeks to the last key frame at or before
+    the target.  Non-reference frames that no request wants are not decoded (``skip_frame``), which is
+    where rolling forward through a long GOP with B-frames spends most of its time.
     """
 
     backend = "pyav"
 
-    def __init__(self, path: Path, num_threads: int = 1):
+    def __init__(self, path: Path, num_threads: int = 1, index: FrameIndex | None = None):
+        self.path, self._threads = path, num_threads
+        self._container = None
+        self._open_container()
+        self._frames: Iterator[tuple[int, av.VideoFrame]] | None = None
+        self._pos = -1  # display index of the last frame the current decode pass produced
+        self._wanted: set[int] = set()  # frames the current request returns: never skipped
+        self._skipped: set[int] = set()  # frames of the current pass whose decoding was skipped
+        try:
+            self.index = index if index is not None else self._index_file()
+        except BaseException:
+            self.close()
+            raise
+        self.num_frames = self.index.num_frames
+        self.fps = self.index.fps
+        self.height, self.width = self.index.size
+
+    def _open_container(self) -> None:
         import av
 
-        self.path = path
+        if self._container is not None:
+            self._container.close()
         try:
-            self._container = av.open(str(path), metadata_errors="ignore")
+            self._container = av.open(str(self.path), metadata_errors="ignore")
         except (av.FFmpegError, OSError) as e:
-            raise VideoDecodeError(path, f"cannot open container ({e})") from e
+            raise VideoDecodeError(self.path, f"cannot open container ({e})") from e
         try:
             self._stream = self._video_stream()
-            self._stream.codec_context.thread_count = num_threads
-            if num_threads != 1:
-                self._stream.codec_context.thread_type = "AUTO"  # frame + slice threads
-            self._build_index()
-            self._frames: Iterator[tuple[int, av.VideoFrame]] | None = None
-            self._pos = -1  # display index of the last frame the current decode pass produced
-            first = self._first_frame()
         except BaseException:
-            self._container.close()
+            self.close()
             raise
-        self._coded_size = (first.width, first.height)
-        # Rotation is read from the first frame's side data (PyAV exposes no stream-level getter).
-        self._quarter_turns = round(first.rotation / 90) % 4
-        self.width, self.height = self._coded_size[:: 1 if self._quarter_turns % 2 == 0 else -1]
-        self.fps = self._average_fps()
+        self._stream.codec_context.thread_count = self._threads
+        if self._threads != 1:
+            self._stream.codec_context.thread_type = "AUTO"  # frame + slice threads
 
     def _video_stream(self) -> av.VideoStream:
         import av
@@ -265,8 +278,24 @@ class PyAVReader(VideoReader):
                 other.discard = av.stream.Discard.all  # the demuxer skips their packets: audio is never read
         return stream
 
-    def _build_index(self) -> None:
-        """Demux the video packets once (no decoding) into the display-order pts table and keyframe list.
+    # -------------------------------------------------------------------------------------------- indexing
+
+    def _index_file(self) -> FrameIndex:
+        """Index the video from its packets, or by decoding it where packets carry no usable timestamps."""
+        index = self._index_packets()
+        if index is None:
+            return self._index_decoded()
+        self.index = index
+        self._wanted = {0}
+        first = self._first_frame()
+        index.coded_size = (first.width, first.height)
+        # Rotation is read from the first frame's side data (PyAV exposes no stream-level getter).
+        index.quarter_turns = round(first.rotation / 90) % 4
+        index.bits = first.format.components[0].bits
+        return index
+
+    def _index_packets(self) -> FrameIndex | None:
+        """Demux the video packets once (nothing decoded); None if their timestamps cannot index frames.
 
         A truncated file ends in a packet flagged corrupt.  With B-frames that packet is not the last one in
         display order, so the video is cut at the first corrupt frame: every frame kept is complete and
@@ -276,8 +305,9 @@ class PyAVReader(VideoReader):
 
         pts: list[int] = []
         keyframes: list[tuple[int, int]] = []  # (pts, dts)
-        start_ts: int | None = None  # smallest dts: where decoding the whole stream starts
+        start_ts: int | None = None
         cut: float = float("inf")
+        untimed = False
         try:
             for packet in self._container.demux(self._stream):
                 # Empty packets are PyAV's end-of-stream flush; discard-flagged ones lie before an MP4 edit
@@ -288,8 +318,9 @@ class PyAVReader(VideoReader):
                 if packet.is_corrupt:
                     cut = min(cut, ts if ts is not None else cut)
                     continue
+                untimed |= packet.pts is None
                 if ts is None:
-                    raise VideoDecodeError(self.path, "video packets carry no timestamps")
+                    continue
                 pts.append(ts)
                 dts = packet.dts if packet.dts is not None else ts
                 start_ts = dts if start_ts is None else min(start_ts, dts)
@@ -300,114 +331,247 @@ class PyAVReader(VideoReader):
         pts = sorted(p for p in pts if p < cut)
         if start_ts is None or not pts:
             raise VideoDecodeError(self.path, "video stream has no complete packets")
-        self._start_ts = start_ts
-        self._index_of = {p: i for i, p in enumerate(pts)}
-        if len(self._index_of) != len(pts):
-            raise VideoDecodeError(self.path, "video packets have duplicate timestamps")
-        self._pts = pts
-        self.num_frames = len(pts)
+        if untimed or len(set(pts)) != len(pts):
+            return None  # a dts is no display time, and equal times name no frame
         keyframes = sorted(k for k in keyframes if k[0] < cut)
-        self._key_index = [self._index_of[p] for p, _ in keyframes]
-        self._key_pts = [p for p, _ in keyframes]
-        self._key_dts = [d for _, d in keyframes]
+        key_index = [bisect.bisect_left(pts, p) for p, _ in keyframes]
+        return FrameIndex(
+            pts,
+            key_index,
+            [p for p, _ in keyframes],
+            [d for _, d in keyframes],
+            start_ts,
+            self._stream.time_base,
+            self._average_fps(pts),
+            "packets",
+            codec=self._stream.codec_context.name,
+        )
 
-    def _average_fps(self) -> float:
+    def _index_decoded(self) -> FrameIndex:
+        """Decode every frame once and index what the decoder yields (its timestamps, else its order)."""
+        import av
+
+        self._open_container()
+        timed: list[tuple[int | None, bool]] = []
+        first = None
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.is_corrupt:
+                    continue
+                for frame in packet.decode():
+                    first = first or frame
+                    timed.append((frame.pts, bool(frame.key_frame)))
+        except av.FFmpegError as e:
+            raise VideoDecodeError(self.path, f"decoding failed after {len(timed)} frames ({e})") from e
+        if first is None:
+            raise VideoDecodeError(self.path, "no frame could be decoded")
+        pts = [ts for ts, _ in timed]
+        ordered = None not in pts and all(a < b for a, b in zip(pts, pts[1:], strict=False))
+        if not ordered:  # no usable times: frame i is the i-th frame decoded, nothing else is known
+            pts, keys = list(range(len(timed))), [0]
+        else:
+            keys = [i for i, (_, key) in enumerate(timed) if key] or [0]
+        index = FrameIndex(
+            pts,
+            keys,
+            [pts[i] for i in keys],
+            [pts[i] for i in keys],
+            pts[0],
+            self._stream.time_base,
+            self._average_fps(pts if ordered else []),
+            "decoded" if ordered else "ordinal",
+            (first.width, first.height),
+            round(first.rotation / 90) % 4,
+            first.format.components[0].bits,
+            self._stream.codec_context.name,
+        )
+        self._open_container()  # decoded to the end: start the next read afresh
+        return index
+
+    def _average_fps(self, pts: list[int]) -> float:
         rate = self._stream.average_rate or self._stream.guessed_rate
         if rate:
             return float(rate)
-        if self.num_frames > 1 and self._stream.time_base:  # no header rate: derive it from the pts span
-            return (self.num_frames - 1) / float((self._pts[-1] - self._pts[0]) * self._stream.time_base)
+        if len(pts) > 1 and self._stream.time_base:  # no header rate: derive it from the pts span
+            return (len(pts) - 1) / float((pts[-1] - pts[0]) * self._stream.time_base)
         return 0.0
 
     def _first_frame(self) -> av.VideoFrame:
-        """Decode the first frame (proves the stream decodes, gives size and rotation); keep it for reuse."""
+        """Decode the first frame (proves the stream decodes, gives size and rotation)."""
         import av
 
         try:
-            frames = self._decode_from(0)
-            first = next(frames, None)
+            try:
+                return self._decode_to(0)
+            except _Mismatch as e:
+                self._distrust_seeking(e)
+                return self._sequential([0])[0]
         except av.FFmpegError as e:
             raise VideoDecodeError(self.path, f"decoding the first frame failed ({e})") from e
-        if first is None:
-            raise VideoDecodeError(self.path, "no frame could be decoded")
-        self._frames = _prepend(first, frames)
-        return first[1]
 
-    def _decode_from(self, target: int | None) -> Iterator[tuple[int, av.VideoFrame]]:
-        """Seek to the last keyframe at or before display index ``target`` (None: the first packet)."""
-        k = bisect.bisect_right(self._key_index, target) - 1 if target is not None else -1
-        self._pos = -1
+    # --------------------------------------------------------------------------------------------- reading
+
+    def _get_frames(self, indices: list[int]) -> torch.Tensor:
+        targets = sorted(set(indices))
+        decoded = None
+        if self.index.seek_trusted:
+            try:
+                decoded = self._read_seeking(targets)
+            except _Mismatch as e:
+                self._distrust_seeking(e)
+        if decoded is None:
+            decoded = {i: self._to_array(frame) for i, frame in self._sequential(targets).items()}
+        out = np.empty((len(indices), self.height, self.width, 3), dtype=np.uint8)
+        for row, index in enumerate(indices):
+            out[row] = decoded[index]
+        return torch.from_numpy(out)
+
+    def _read_seeking(self, targets: list[int]) -> dict[int, np.ndarray]:
+        import av
+
+        self._wanted = set(targets)
+        try:
+            return {target: self._to_array(self._decode_to(target)) for target in targets}
+        except av.FFmpegError as e:
+            self._frames = None
+            raise VideoDecodeError(self.path, f"decoding failed ({e})") from e
+
+    def _distrust_seeking(self, mismatch: _Mismatch) -> None:
+        """Never seek in this file again in this process; this read is redone by the exact path."""
+        self._frames = None
+        self.rereads += 1
+        if self.index.seek_trusted:
+            self.index.seek_trusted = False
+            _log.warning(
+                "%s: a seek returned other frames than the index says (%s); reading the file sequentially",
+                self.path,
+                mismatch,
+            )
+
+    def _decode_to(self, target: int) -> av.VideoFrame:
+        if self._needs_seek(target):
+            self._frames = self._pass(bisect.bisect_right(self.index.key_index, target) - 1, target)
+        for index, frame in self._frames:
+            self._pos = index
+            if index == target:
+                return frame
+            if index > target:
+                break
+        self._frames = None
+        raise _Mismatch(f"frame {target} did not come out of its decode pass")
+
+    def _needs_seek(self, target: int) -> bool:
+        if self._frames is None or target <= self._pos or target in self._skipped:
+            return True
+        k = bisect.bisect_right(self.index.key_index, target) - 1
+        # A key frame after the current position means seeking skips decoding the frames in between.
+        return k >= 0 and self.index.key_index[k] > self._pos + 1
+
+    def _seek_packets(self, k: int) -> Iterator[av.Packet]:
+        """Packets from the ``k``-th key frame on (``k < 0``: from the first packet)."""
+        index = self.index
         if k < 0:
-            self._container.seek(self._start_ts, stream=self._stream, backward=True)
-            return self._decoded(self._container.demux(self._stream))
+            self._container.seek(index.start_ts, stream=self._stream, backward=True)
+            return self._container.demux(self._stream)
         # MP4 indexes seeks by pts, AVI by dts.  Seeking by pts is exact for MP4 (by dts it lands one GOP
-        # early) but in a B-frame AVI, where a keyframe's pts is the next keyframe's dts, it lands one GOP
-        # late: check the first packet and fall back to the keyframe's dts.
-        self._container.seek(self._key_pts[k], stream=self._stream, backward=True)
+        # early) but in a B-frame AVI, where a key frame's pts is the next key frame's dts, it lands one GOP
+        # late: check the first packet and fall back to the key frame's dts.
+        self._container.seek(index.key_pts[k], stream=self._stream, backward=True)
         packets = self._container.demux(self._stream)
         first = next(packets, None)
-        if first is not None and first.dts is not None and first.dts > self._key_dts[k]:
-            self._container.seek(self._key_dts[k], stream=self._stream, backward=True)
-            packets = self._container.demux(self._stream)
-        elif first is not None:
-            packets = _prepend(first, packets)
-        return self._decoded(packets)
+        if first is not None and first.dts is not None and first.dts > index.key_dts[k]:
+            self._container.seek(index.key_dts[k], stream=self._stream, backward=True)
+            return self._container.demux(self._stream)
+        return _prepend(first, packets) if first is not None else iter(())
 
-    def _decoded(self, packets: Iterator[av.Packet]) -> Iterator[tuple[int, av.VideoFrame]]:
-        for packet in packets:
+    def _pass(self, k: int, target: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Decode from the ``k``-th key frame, yielding ``(display index, frame)`` as proven by the index.
+
+        Raises `_Mismatch` as soon as the decoder disagrees with the index: the first frame (open-GOP
+        leading pictures aside) is not a key frame at or before ``target``, a frame has a time the index
+        does not know, or frames come out of order or with a gap that skipping does not explain.
+        """
+        index, context = self.index, self._stream.codec_context
+        earliest = index.key_index[k] if k >= 0 else 0
+        self._pos, self._skipped = -1, set()
+        expected: int | None = None  # the next display index; None until the first frame proved the seek
+        for packet in self._seek_packets(k):
             if packet.is_corrupt:
                 # Not indexed, and feeding a truncated H.264 packet makes the decoder raise and lose the
                 # frames it still buffers (the last frames before the cut of a truncated file).
                 continue
+            shown = index.index_of(packet.pts)
+            skip = shown is not None and shown not in self._wanted
+            if skip:
+                self._skipped.add(shown)
+            context.skip_frame = "NONREF" if skip else "DEFAULT"
             for frame in packet.decode():
-                index = self._index_of.get(frame.pts if frame.pts is not None else frame.dts)
-                if index is not None:  # frames of unindexed (corrupt, cut off) packets are not addressable
-                    yield index, frame
+                position = self._frame_position(frame)
+                if position is None:
+                    continue
+                if expected is None:
+                    if position < earliest and not index.is_key(position):
+                        continue  # a leading picture of an open GOP, decoded without its references
+                    start = position == 0 if k < 0 else index.is_key(position) and position <= target
+                    if not start:
+                        raise _Mismatch(f"decoding from key frame {earliest} began at frame {position}")
+                    expected = position
+                if position < expected:
+                    raise _Mismatch(f"frame {position} came after frame {expected - 1}")
+                missing = [i for i in range(expected, position) if i not in self._skipped]
+                if missing:
+                    raise _Mismatch(f"frame {missing[0]} missing: the decoder went on to frame {position}")
+                expected = position + 1
+                yield position, frame
+        context.skip_frame = "DEFAULT"
 
-    def _needs_seek(self, target: int) -> bool:
-        if self._frames is None or target <= self._pos:
-            return True
-        k = bisect.bisect_right(self._key_index, target) - 1
-        # A keyframe after the current position means seeking skips decoding the frames in between.
-        return k >= 0 and self._key_index[k] > self._pos + 1
+    def _frame_position(self, frame: av.VideoFrame) -> int | None:
+        """The display index of a decoded frame; None for frames outside the index (before its first
+        frame: edit-list pre-roll; after its last: past the cut of a truncated file)."""
+        ts = frame.pts
+        if ts is None:
+            raise _Mismatch("the decoder returned a frame without a timestamp")
+        pts = self.index.pts
+        if ts < pts[0] or ts > pts[-1]:
+            return None
+        position = self.index.index_of(ts)
+        if position is None:
+            raise _Mismatch(f"the decoder returned a frame at time {ts}, which the index does not hold")
+        return position
 
-    def _decode_to(self, target: int) -> av.VideoFrame:
+    def _sequential(self, targets: list[int]) -> dict[int, av.VideoFrame]:
+        """The exact path: decode from the file's first byte and count frames; frame ``i`` is the i-th."""
         import av
 
-        for restart in (target, None):
-            try:
-                if restart is None or self._needs_seek(target):
-                    self._frames = self._decode_from(restart)
-                for index, frame in self._frames:
-                    self._pos = index
-                    if index == target:
-                        return frame
-                    if index > target:
-                        break
-            except av.FFmpegError as e:
-                self._frames = None
-                raise VideoDecodeError(self.path, f"decoding failed before frame {target} ({e})") from e
-            self._frames = None  # the pass overshot or ended without the target
-            _log.debug(
-                "%s: frame %d not reached from its keyframe, decoding from the start", self.path, target
-            )
-        raise VideoDecodeError(self.path, f"frame {target} of {self.num_frames} could not be decoded")
+        self._frames, wanted, last = None, set(targets), max(targets)
+        self._open_container()
+        out: dict[int, av.VideoFrame] = {}
+        count = 0
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.is_corrupt:
+                    continue
+                for frame in packet.decode():
+                    if count in wanted:
+                        out[count] = frame
+                    if count == last:
+                        return out
+                    count += 1
+        except av.FFmpegError as e:
+            raise VideoDecodeError(self.path, f"decoding failed after {count} frames ({e})") from e
+        raise VideoDecodeError(
+            self.path, f"frame {last} of {self.index.num_frames} could not be decoded (it ends at {count})"
+        )
 
     def _to_array(self, frame: av.VideoFrame) -> np.ndarray:
-        width, height = self._coded_size
+        width, height = self.index.coded_size
         if (frame.width, frame.height) == (width, height):
             array = frame.to_ndarray(format="rgb24")  # naming the size would take swscale's slower path
         else:  # a mid-stream resolution change: rescale to the first frame's size, as decord does
             array = frame.to_ndarray(format="rgb24", width=width, height=height)
         # FFmpeg's display matrix angle is counter-clockwise, as is np.rot90 for positive k.
-        return np.rot90(array, self._quarter_turns) if self._quarter_turns else array
-
-    def _get_frames(self, indices: list[int]) -> torch.Tensor:
-        out = np.empty((len(indices), self.height, self.width, 3), dtype=np.uint8)
-        decoded = {target: self._to_array(self._decode_to(target)) for target in sorted(set(indices))}
-        for row, index in enumerate(indices):
-            out[row] = decoded[index]
-        return torch.from_numpy(out)
+        turns = self.index.quarter_turns
+        return np.rot90(array, turns) if turns else array
 
     @property
     def closed(self) -> bool:
@@ -425,33 +589,21 @@ def _prepend(item, rest: Iterator) -> Iterator:
     yield from rest
 
 
-class _IndexCheck(NamedTuple):
-    """What checking a file's decord or torchcodec index against the PyAV packet table found; the metadata
-    is the PyAV reader's."""
-
-    exact: bool
-    num_frames: int
-    fps: float
-    height: int
-    width: int
-
-
 class DecordReader(VideoReader):
-    """decord's ``get_batch`` on a file whose decord index matched the PyAV packet table (at this open or an
-    earlier one in this process).
+    """decord's ``get_batch`` on a file where its probe frames equalled the exact PyAV reader's.
 
     ``get_batch`` keeps memory flat here (measured: < 1 MB RSS growth over 400 clips from one reader) and
-    handles unsorted and repeated indices itself.  Frames are bit-identical to PyAV's (same libavcodec 62).
+    handles unsorted and repeated indices itself.  decord returns no timestamps, so its reads cannot be
+    checked one by one: the probe at the first open (`_decord_agrees`) is what admits a file.
     """
 
     backend = "decord"
 
-    def __init__(self, path: Path, vr, checked: _IndexCheck, key: _FileKey):
-        self.path = path
-        self._vr = vr
-        self._checked, self._key = checked, key
-        self.num_frames, self.fps = checked.num_frames, checked.fps
-        self.height, self.width = checked.height, checked.width
+    def __init__(self, path: Path, vr, verdict: _Verdict, key: _FileKey):
+        self.path, self._vr = path, vr
+        self._verdict, self._key = verdict, key
+        self.num_frames, self.fps = verdict.num_frames, verdict.fps
+        self.height, self.width = verdict.height, verdict.width
 
     def _get_frames(self, indices: list[int]) -> torch.Tensor:
         import decord
@@ -466,14 +618,14 @@ class DecordReader(VideoReader):
         # decord 3.4 fails on some frame sizes that FFmpeg decodes fine ("The size must exactly match", e.g.
         # any side of 32 or 48 px): read the file with PyAV, now and at its later opens in this process.
         try:
-            with PyAVReader(self.path) as fallback:
+            with _pyav_reader(self.path, self._key[1:]) as fallback:
                 frames = fallback._get_frames(indices)
         except VideoDecodeError as e:
             raise VideoDecodeError(
                 self.path, f"decord failed to decode frames {indices} ({decord_error}), and PyAV: {e.reason}"
             ) from e
         _log.debug("%s: decord failed (%s), reading with PyAV", self.path, decord_error)
-        _checked.put(self._key, self._checked._replace(exact=False))
+        _verdicts.put(self._key, self._verdict._replace(exact=False))
         return frames
 
     @property
@@ -484,37 +636,100 @@ class DecordReader(VideoReader):
         self._vr = None  # decord frees the native reader (and its decode thread) on deletion
 
 
-_FileKey = tuple[str, str, int, int, int]  # backend checked, path, size, mtime (ns), inode
+class TorchCodecReader(VideoReader):
+    """torchcodec's ``VideoDecoder`` (exact seek mode), each batch's timestamps checked against the index.
+
+    torchcodec 0.17 indexes MPEG-4 AVI with B-frames and MPEG-2 streams wrongly (neighbouring frames, a
+    GOP off) and fails on the last frames of some; a batch whose ``pts_seconds`` differ from the index's, or
+    that fails, is read again by the exact PyAV reader, which then reads the file for good.
+    """
+
+    backend = "torchcodec"
+
+    def __init__(self, path: Path, num_threads: int, index: FrameIndex, key: _FileKey):
+        from torchcodec.decoders import VideoDecoder
+
+        self.path, self._threads, self.index, self._key = path, num_threads, index, key
+        self._fallback: PyAVReader | None = None
+        try:
+            self._decoder = VideoDecoder(
+                str(path), dimension_order="NHWC", num_ffmpeg_threads=num_threads, seek_mode="exact"
+            )
+        except (RuntimeError, ValueError) as e:
+            raise VideoDecodeError(path, f"torchcodec cannot open it ({e})") from e
+        self.num_frames, self.fps = index.num_frames, index.fps
+        self.height, self.width = index.size
+        self._counted = len(self._decoder)  # by the exact-mode scan
+
+    def _get_frames(self, indices: list[int]) -> torch.Tensor:
+        if self._fallback is None:
+            try:
+                batch = self._decoder.get_frames_at(indices=indices)
+            except RuntimeError as e:
+                problem = f"torchcodec failed on frames {indices} ({str(e).splitlines()[0]})"
+            else:
+                times, expected = batch.pts_seconds.numpy(), self.index.seconds(indices)
+                wrong = np.flatnonzero(np.abs(times - expected) > 1e-4)
+                if not wrong.size:
+                    return batch.data.contiguous()
+                i = wrong[0]
+                problem = f"frame {indices[i]} is at {expected[i]:.4f} s, torchcodec gave {times[i]:.4f} s"
+            self.rereads += 1
+            _log.warning("%s: %s; reading it with PyAV's exact reader", self.path, problem)
+            _verdicts.put(self._key, _verdict(False, self.index))
+            self._fallback = PyAVReader(self.path, self._threads, self.index)
+        return self._fallback._get_frames(indices)
+
+    @property
+    def closed(self) -> bool:
+        return self._decoder is None
+
+    def close(self) -> None:
+        self._decoder = None
+        if self._fallback is not None:
+            self._fallback.close()
+            self._fallback = None
 
 
-def _file_key(backend: str, path: Path, stat: os.stat_result) -> _FileKey:
-    return (backend, str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+# ----------------------------------------------------------------------------------- per-process memory
+
+
+_FileKey = tuple[str, str, int, int, int]  # backend, path, size, mtime (ns), inode
+
+
+class _Verdict(NamedTuple):
+    """Whether a backend reads a file exactly (else PyAV reads it), and the file's metadata (PyAV's)."""
+
+    exact: bool
+    num_frames: int
+    fps: float
+    height: int
+    width: int
 
 
 class _CheckCache:
-    """`_IndexCheck` per (backend, file), bounded to ``maxsize`` entries (least recently used dropped);
-    thread-safe."""
+    """A bounded mapping, least recently used dropped first; thread-safe."""
 
     def __init__(self, maxsize: int):
         self.maxsize = maxsize
-        self._entries: OrderedDict[_FileKey, _IndexCheck] = OrderedDict()
+        self._entries: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: _FileKey) -> _IndexCheck | None:
+    def get(self, key):
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
             return value
 
-    def put(self, key: _FileKey, value: _IndexCheck) -> None:
+    def put(self, key, value) -> None:
         with self._lock:
             self._entries[key] = value
             self._entries.move_to_end(key)
             while len(self._entries) > self.maxsize:
                 self._entries.popitem(last=False)
 
-    def pop(self, key: _FileKey) -> None:
+    def pop(self, key) -> None:
         with self._lock:
             self._entries.pop(key, None)
 
@@ -526,44 +741,72 @@ class _CheckCache:
         return len(self._entries)
 
 
-_checked = _CheckCache(OPEN_CACHE_SIZE)
+_verdicts = _CheckCache(OPEN_CACHE_SIZE)  # (backend, file) -> _Verdict
+_indexes = _CheckCache(INDEX_CACHE_SIZE)  # file -> FrameIndex
 
 
 def clear_open_cache() -> None:
-    """Forget every file's decord and torchcodec check in this process (to time cold opens; rewritten files
-    need not: they are checked again)."""
-    _checked.clear()
+    """Forget every file's index and backend verdicts in this process (to time cold opens; rewritten files
+    need not: they are looked at again)."""
+    _verdicts.clear()
+    _indexes.clear()
 
 
-def _open_decord(path: Path, stat: os.stat_result, num_threads: int) -> VideoReader:
-    key = _file_key("decord", path, stat)
-    checked = _checked.get(key)
-    if checked is not None and not checked.exact:
-        return PyAVReader(path, num_threads)
-    if checked is not None:
+def _pyav_reader(path: Path, file: tuple[str, int, int, int], num_threads: int = 1) -> PyAVReader:
+    """A PyAV reader with the file's index from this process's memory, or a fresh one (then remembered)."""
+    index = _indexes.get(file)
+    reader = PyAVReader(path, num_threads, index)
+    if index is None:
+        _indexes.put(file, reader.index)
+    return reader
+
+
+def _verdict(exact: bool, index: FrameIndex) -> _Verdict:
+    return _Verdict(exact, index.num_frames, index.fps, *index.size)
+
+
+# ---------------------------------------------------------------------------------------------- openers
+
+
+def _open_pyav(path: Path, key: _FileKey, num_threads: int) -> VideoReader:
+    return _pyav_reader(path, key[1:], num_threads)
+
+
+def _open_decord(path: Path, key: _FileKey, num_threads: int) -> VideoReader:
+    verdict = _verdicts.get(key)
+    if verdict is not None and not verdict.exact:
+        return _pyav_reader(path, key[1:], num_threads)
+    if verdict is not None:
         vr = _decord_open(path, num_threads)
-        if len(vr) == checked.num_frames:
-            return DecordReader(path, vr, checked, key)
-        _checked.pop(key)  # same size, mtime and inode but new content: check it again
-    reference = PyAVReader(path, num_threads)
-    if reference._quarter_turns % 2:
-        # decord 3.4 transposes such frames but copies them into an untransposed buffer: every get_batch
-        # fails with "The size must exactly match".
-        _log.debug("%s: decord cannot read 90-degree rotated video, reading with PyAV", path)
-        _checked.put(key, _check(False, reference))
+        if len(vr) == verdict.num_frames:
+            return DecordReader(path, vr, verdict, key)
+        _verdicts.pop(key)  # same size, mtime and inode but new content: look again
+        _indexes.pop(key[1:])
+    reference = _pyav_reader(path, key[1:], num_threads)
+    height, width = reference.index.size
+    # decord 3.4 transposes 90-degree rotated frames but copies them into an untransposed buffer: every
+    # get_batch fails with "The size must exactly match".  Above 1080p the probe would hold two decoders'
+    # reference frames at once (4K: 629 MB peak, against 191 MB for PyAV alone), for little gain.
+    if reference.index.quarter_turns % 2 or height * width > DECORD_MAX_PIXELS:
+        _log.debug("%s: not a file for decord (rotated 90 degrees, or above 1080p), reading with PyAV", path)
+        _verdicts.put(key, _verdict(False, reference.index))
         return reference
     try:
         vr = _decord_open(path, num_threads)
     except VideoDecodeError:
         reference.close()
         raise
-    checked = _check(_decord_index_matches(vr, reference), reference)
-    _checked.put(key, checked)
-    if not checked.exact:
-        _log.debug("%s: decord's frame index disagrees with the packet table, reading with PyAV", path)
-        return reference
+    # The exact reader's probe frames first, and its decoder closed before decord's runs: two decoders of a
+    # 4K stream at once hold twice the reference frames (measured: 629 MB peak against 240 MB).
+    index, probes = reference.index, probe_frames(reference.index)
+    expected = [reference.get_frames(indices) for indices in probes]
     reference.close()
-    return DecordReader(path, vr, checked, key)
+    exact = _decord_agrees(vr, index, probes, expected)
+    _verdicts.put(key, _verdict(exact, index))
+    if not exact:
+        _log.debug("%s: decord's frames differ from the exact reader's, reading with PyAV", path)
+        return PyAVReader(path, num_threads, index)
+    return DecordReader(path, vr, _verdicts.get(key), key)
 
 
 def _decord_open(path: Path, num_threads: int):
@@ -575,102 +818,185 @@ def _decord_open(path: Path, num_threads: int):
         raise VideoDecodeError(path, f"decord cannot open it ({e})") from e
 
 
-def _check(exact: bool, reference: PyAVReader) -> _IndexCheck:
-    return _IndexCheck(exact, reference.num_frames, reference.fps, reference.height, reference.width)
+def probe_frames(index: FrameIndex) -> list[list[int]]:
+    """The frames decord must get right before it reads a file: two requests that jump as training does.
 
-
-def _decord_index_matches(vr, reference: PyAVReader) -> bool:
-    """True if decord indexed the same frames at the same times as the PyAV packet table."""
-    if len(vr) != reference.num_frames:
-        return False
-    stream = reference._stream
-    # decord reports (pts - stream start_time) * time_base as float32 seconds.
-    start = stream.start_time or 0
-    ours = (np.asarray(reference._pts, dtype=np.float64) - start) * float(stream.time_base)
-    theirs = vr.get_frame_timestamp(np.arange(len(vr)))[:, 0]
-    return bool(np.allclose(theirs, ours, rtol=0, atol=1e-3))
-
-
-def _open_torchcodec(path: Path, stat: os.stat_result, num_threads: int) -> VideoReader:
-    """A torchcodec reader where its frame index matches the PyAV packet table, else the PyAV reader.
-
-    torchcodec 0.17's exact mode indexes MPEG-4 AVI files with B-frames wrongly (its key frames land two
-    frames early and it returns neighbouring frames), and counts the incomplete last packet of a truncated
-    file as a frame (reading it fails).  Both show as a different frame count or key-frame list; the check
-    is remembered per file, as decord's is.
+    Each lies a few frames after a key frame (cheap for the exact reader, whatever the GOP) — in the last,
+    the middle and the first GOP — and after a B-frame reordering, where decord's seeks go wrong.  The
+    first request jumps forward, the second backward and then forward again, as random clips do.
     """
-    key = _file_key("torchcodec", path, stat)
-    checked = _checked.get(key)
-    if checked is not None and not checked.exact:
-        return PyAVReader(path, num_threads)
-    try:
-        reader = TorchCodecReader(path, num_threads)
-    except VideoDecodeError:
-        reader = None  # PyAV may still read it (and if not, its error is the one every backend gives)
-    if checked is not None and reader is not None and reader.num_frames == checked.num_frames:
-        return reader._with_metadata(checked)
-    reference = PyAVReader(path, num_threads)
-    exact = (
-        reader is not None
-        and reader.num_frames == reference.num_frames
-        and reader._key_frames() == reference._key_index
-    )
-    checked = _check(exact, reference)
-    _checked.put(key, checked)
-    if not exact:
+    n, keys = index.num_frames, index.key_index
+
+    def after(key: int, offset: int) -> int:
+        return min(n - 1, key + offset)
+
+    last, middle = keys[-1], keys[len(keys) // 2]
+    first = [after(middle, 2), after(last, 3), min(n - 1, 1)]
+    second = [after(middle, 1), after(0, 4), after(last, 1), after(middle, 3)]
+    return [first, second]
+
+
+def _decord_agrees(vr, index: FrameIndex, probes: list[list[int]], expected: list[torch.Tensor]) -> bool:
+    """True if decord counts the index's frames and returns the exact reader's pixels on the probe frames."""
+    import decord
+
+    if len(vr) != index.num_frames:
+        return False
+    for indices, ours in zip(probes, expected, strict=True):
+        try:
+            with decord.bridge.use_torch():
+                theirs = vr.get_batch(indices)
+        except (decord.DECORDError, RuntimeError):
+            return False
+        if theirs.shape != ours.shape:
+            return False
+        if (theirs.to(torch.int16) - ours.to(torch.int16)).abs().max() > PROBE_TOLERANCE:
+            return False
+    return True
+
+
+_TORCHCODEC_CRASHES_ON = {"av1", "libdav1d"}
+
+
+def _open_torchcodec(path: Path, key: _FileKey, num_threads: int) -> VideoReader:
+    """A torchcodec reader where it counts the index's frames, else (and where it erred before) PyAV.
+
+    Two kinds of stream go to PyAV.  More than 8 bits per sample: torchcodec converts them to RGB in its own
+    way (measured: up to 30 levels from FFmpeg's swscale on 10-bit H.264), so its frames differ from the
+    sequential decode although they are the right ones.  AV1: torchcodec 0.17 on the system's FFmpeg 5.1
+    (libdav1d 6) died with SIGSEGV on a 40-frame AV1 MP4 in a process that had decoded it with PyAV.
+    """
+    file, verdict = key[1:], _verdicts.get(key)
+    if verdict is not None and not verdict.exact:
+        return _pyav_reader(path, file, num_threads)
+    index = _indexes.get(file)
+    if index is None:
+        with _pyav_reader(path, file, num_threads) as reference:
+            index = reference.index
+    reader = None
+    if index.bits <= 8 and index.codec not in _TORCHCODEC_CRASHES_ON:
+        try:
+            reader = TorchCodecReader(path, num_threads, index, key)
+        except VideoDecodeError as e:
+            _log.debug("%s: %s; reading with PyAV", path, e.reason)
+    if reader is None or reader._counted != index.num_frames:
         if reader is not None:
             reader.close()
-        _log.debug("%s: torchcodec's frame index disagrees with the packet table, reading with PyAV", path)
-        return reference
-    reference.close()
-    return reader._with_metadata(checked)
+        _verdicts.put(key, _verdict(False, index))
+        return PyAVReader(path, num_threads, index)
+    if verdict is None:
+        _verdicts.put(key, _verdict(True, index))
+    return reader
 
 
-class TorchCodecReader(VideoReader):
-    """torchcodec's ``VideoDecoder`` in exact seek mode (it scans the file, so its frame count is real).
+# ------------------------------------------------------------------------------------- the backend table
 
-    Opened through `open_video`, only on files whose index it gets right (see `_open_torchcodec`).
-    torchcodec < 0.11 ignores rotation metadata and returns the stored orientation.
+
+@dataclass(frozen=True)
+class Backend:
+    """One video backend: how it opens a file, how its frames are proven, what it needs to load."""
+
+    name: str
+    open: Callable[[Path, _FileKey, int], VideoReader]
+    proof: str
+    module: str  # imported to use it
+    install: str  # what to install when it does not load
+    loads_check: Callable[[object], bool] = lambda module: True  # given the imported module
+
+    def loads(self) -> bool:
+        """Whether the backend really works here (not only imports): asked afresh each time."""
+        try:
+            module = importlib.import_module(self.module)
+        except (ImportError, OSError, RuntimeError):
+            return False
+        return bool(self.loads_check(module))
+
+
+def _torchcodec_has_ffmpeg(module) -> bool:
+    # torchcodec imports without FFmpeg and fails at the first decoder; it records whether the libraries
+    # loaded (``ffmpeg_major_version`` is None where they did not).
+    import torchcodec
+
+    return torchcodec.ffmpeg_major_version is not None
+
+
+BACKENDS: dict[str, Backend] = {
+    backend.name: backend
+    for backend in (
+        Backend(
+            "decord",
+            _open_decord,
+            "probe frames decoded by decord and by the exact PyAV reader are identical at the first open",
+            "decord",
+            "pip install decord2",
+        ),
+        Backend(
+            "pyav",
+            _open_pyav,
+            "every frame's timestamp is the index's for its position; else the sequential exact path",
+            "av",
+            "pip install av",
+        ),
+        Backend(
+            "torchcodec",
+            _open_torchcodec,
+            "every batch's pts_seconds equal the index's; else the exact PyAV reader",
+            "torchcodec.decoders",
+            "pip install iresvid[torchcodec], and FFmpeg's shared libraries (Debian: apt-get install "
+            "libavdevice59)",
+            _torchcodec_has_ffmpeg,
+        ),
+    )
+}
+
+
+def list_backends() -> list[str]:
+    """The backends that really load on this machine, in `BACKENDS` order."""
+    return [name for name, backend in BACKENDS.items() if backend.loads()]
+
+
+def open_video(path: str | Path, backend: str = "decord", *, num_threads: int = 1) -> VideoReader:
+    """Open ``path`` for frame-exact random access with ``backend`` (a key of `BACKENDS`).
+
+    ``num_threads`` is the decoder's thread count (0 = FFmpeg's automatic choice); data-loader workers want 1.
+    Raises FileNotFoundError for a missing path (or a dangling symbolic link), PermissionError for a file
+    this process may not read (or a folder on its path it may not search), VideoDecodeError for a file
+    without a decodable video stream (or a path that cannot be resolved, e.g. a symbolic link loop),
+    ImportError when the backend does not load here.  Every error names the path.
+
+    The reader returned may be PyAV's (``reader.backend == "pyav"``) where the backend asked for is not
+    exact on this file (see each `Backend.proof`).
     """
+    spec = BACKENDS.get(backend)
+    if spec is None:
+        raise ValueError(f"unknown video backend {backend!r}; expected one of {tuple(BACKENDS)}")
+    if num_threads < 0:
+        raise ValueError(f"num_threads must be >= 0 (0 = automatic), got {num_threads}")
+    if not spec.loads():
+        raise ImportError(f"the {backend} video backend does not load here; it needs {spec.install}")
+    path = Path(path)
+    stat = _stat(path)
+    if not S_ISREG(stat.st_mode):
+        raise VideoDecodeError(path, "not a regular file")
+    if stat.st_size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    # Checked here, not left to the decoders: they would report it as an undecodable file, and an open of a
+    # file checked earlier in this process (the memory ignores permissions) would succeed.
+    if not os.access(path, os.R_OK):
+        raise PermissionError(errno.EACCES, "video file not readable (permission denied)", str(path))
+    key = (backend, str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    return spec.open(path, key, num_threads)
 
-    backend = "torchcodec"
 
-    def __init__(self, path: Path, num_threads: int = 1):
-        try:
-            from torchcodec.decoders import VideoDecoder
-        except (ImportError, OSError, RuntimeError) as e:
-            raise ImportError(
-                f"the torchcodec video backend needs torchcodec: pip install iresvid[torchcodec] ({e})"
-            ) from e
-        self.path = path
-        try:
-            self._decoder = VideoDecoder(
-                str(path), dimension_order="NHWC", num_ffmpeg_threads=num_threads, seek_mode="exact"
-            )
-        except (RuntimeError, ValueError) as e:
-            raise VideoDecodeError(path, f"torchcodec cannot open it ({e})") from e
-        metadata = self._decoder.metadata
-        self.num_frames = len(self._decoder)  # counted by the exact-mode scan, not read from the header
-        self.fps = float(metadata.average_fps or 0.0)
-        self.height, self.width = int(metadata.height), int(metadata.width)
-
-    def _key_frames(self) -> list[int]:
-        return self._decoder._get_key_frame_indices().tolist()
-
-    def _with_metadata(self, checked: _IndexCheck) -> TorchCodecReader:
-        """The PyAV reader's frame rate and displayed size: every backend reports the same for a file."""
-        self.fps, self.height, self.width = checked.fps, checked.height, checked.width
-        return self
-
-    def _get_frames(self, indices: list[int]) -> torch.Tensor:
-        try:
-            return self._decoder.get_frames_at(indices=indices).data.contiguous()
-        except RuntimeError as e:
-            raise VideoDecodeError(self.path, f"torchcodec failed to decode frames {indices} ({e})") from e
-
-    @property
-    def closed(self) -> bool:
-        return self._decoder is None
-
-    def close(self) -> None:
-        self._decoder = None
+def _stat(path: Path) -> os.stat_result:
+    """``path``'s status, following symbolic links, with the failure said in words that name the path."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        what = "dangling symbolic link" if path.is_symlink() else "video file not found"
+        raise FileNotFoundError(errno.ENOENT, what, str(path)) from None
+    except PermissionError:
+        # stat needs no permission on the file itself, only search permission on every folder above it.
+        raise PermissionError(errno.EACCES, "a folder on the path cannot be searched", str(path)) from None
+    except OSError as e:  # a symbolic link loop (ELOOP), a name too long, an I/O error
+        raise VideoDecodeError(path, f"cannot resolve the path ({e.strerror})") from e
