@@ -837,11 +837,18 @@ def probe_frames(index: FrameIndex) -> list[list[int]]:
 
 
 def _decord_agrees(vr, index: FrameIndex, probes: list[list[int]], expected: list[torch.Tensor]) -> bool:
-    """True if decord counts the index's frames and returns the exact reader's pixels on the probe frames."""
+    """True if decord indexes the same frames at the same times (cheap: nothing decoded), and returns the
+    exact reader's pixels on the probe frames (its times alone let wrong frames through: HEVC in MKV)."""
     import decord
 
     if len(vr) != index.num_frames:
         return False
+    if index.source == "packets":
+        # decord reports (pts - stream start) * time_base as float32 seconds.
+        ours = (np.asarray(index.pts, dtype=np.float64) - index.pts[0]) * float(index.time_base)
+        theirs = vr.get_frame_timestamp(np.arange(len(vr)))[:, 0]
+        if not np.allclose(theirs - theirs[0], ours, rtol=0, atol=1e-3):
+            return False
     for indices, ours in zip(probes, expected, strict=True):
         try:
             with decord.bridge.use_torch():
