@@ -522,3 +522,15 @@ def test_the_public_data_api_is_what_the_readme_shows(media):
         data.nope  # noqa: B018
     # The config's backend choices are the table's keys: adding a backend touches one place.
     assert DataConfig.__dataclass_fields__["backend"].metadata["choices"] == tuple(BACKENDS)
+
+
+def test_the_readme_data_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    [snippet] = [b for b in blocks if b.startswith("from iresvid.data import")]
+    write_video(tmp_path / "video.mp4", pattern(N), fps=FPS, bframes=2)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == str(AVAILABLE)
+    assert printed[1] == "decord 25.0 torch.Size([24, 128, 171, 3]) 0"  # 48x64 frames, short side 128
