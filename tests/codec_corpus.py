@@ -104,6 +104,16 @@ CORPUS: dict[str, Codec] = {
         "ts", "mpeg2video", fps=50, frames=80, gop=24, bframes=3, container="mpegts"
     ),
     "mjpeg_avi": Codec("avi", "mjpeg", pix_fmt="yuvj420p", frames=30),
+    # Elementary streams: no container, packets without any timestamp (the index comes from a decode).
+    "h264_elementary_bframes": Codec("h264", "libx264", bframes=2, container="h264"),
+    "hevc_elementary_bframes": Codec("hevc", "libx265", bframes=2, container="hevc"),
+    "mpeg4_elementary_bframes": Codec("m4v", "mpeg4", bframes=2, container="m4v"),
+    # Other containers met in the wild: DVD VOB (MPEG-2 PS), Flash, QuickTime, 3GPP phones, NUT.
+    "mpeg2_vob_bframes": Codec("vob", "mpeg2video", frames=60, gop=15, bframes=2, container="vob"),
+    "h264_flv_bframes": Codec("flv", "libx264", bframes=2, container="flv"),
+    "h264_mov_bframes": Codec("mov", "libx264", bframes=2),
+    "h264_3gp_bframes": Codec("3gp", "libx264", bframes=2, container="3gp"),
+    "mpeg4_nut_bframes": Codec("nut", "mpeg4", bframes=2, container="nut"),
 }
 
 

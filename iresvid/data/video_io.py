@@ -308,6 +308,7 @@ class PyAVReader(VideoReader):
         start_ts: int | None = None
         cut: float = float("inf")
         untimed = False
+        packets = 0
         try:
             for packet in self._container.demux(self._stream):
                 # Empty packets are PyAV's end-of-stream flush; discard-flagged ones lie before an MP4 edit
@@ -318,6 +319,7 @@ class PyAVReader(VideoReader):
                 if packet.is_corrupt:
                     cut = min(cut, ts if ts is not None else cut)
                     continue
+                packets += 1
                 untimed |= packet.pts is None
                 if ts is None:
                     continue
@@ -328,10 +330,10 @@ class PyAVReader(VideoReader):
                     keyframes.append((ts, dts))
         except av.FFmpegError as e:
             raise VideoDecodeError(self.path, f"demuxing failed ({e})") from e
-        pts = sorted(p for p in pts if p < cut)
-        if start_ts is None or not pts:
+        if not packets:
             raise VideoDecodeError(self.path, "video stream has no complete packets")
-        if untimed or len(set(pts)) != len(pts):
+        pts = sorted(p for p in pts if p < cut)
+        if untimed or not pts or len(set(pts)) != len(pts):
             return None  # a dts is no display time, and equal times name no frame
         keyframes = sorted(k for k in keyframes if k[0] < cut)
         key_index = [bisect.bisect_left(pts, p) for p, _ in keyframes]
@@ -793,9 +795,10 @@ def _open_decord(path: Path, key: _FileKey, num_threads: int) -> VideoReader:
         return reference
     try:
         vr = _decord_open(path, num_threads)
-    except VideoDecodeError:
-        reference.close()
-        raise
+    except VideoDecodeError as e:  # e.g. an MPEG-4 elementary stream (.m4v): "Failed to measure duration"
+        _log.debug("%s: %s; reading with PyAV", path, e.reason)
+        _verdicts.put(key, _verdict(False, reference.index))
+        return reference
     # The exact reader's probe frames first, and its decoder closed before decord's runs: two decoders of a
     # 4K stream at once hold twice the reference frames (measured: 629 MB peak against 240 MB).
     index, probes = reference.index, probe_frames(reference.index)
