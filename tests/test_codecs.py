@@ -131,8 +131,8 @@ def test_the_corpus_has_its_traps(corpus):
                 stream.codec_context.pix_fmt,
             )
         assert described[1:] in {(spec.decoder, spec.pix_fmt), ("libdav1d", spec.pix_fmt)}, name
-        if spec.container:  # as the demuxer reads it back (a DVD VOB is an MPEG program stream)
-            assert described[0] == {"vob": "mpeg"}.get(spec.container, spec.container), name
+        if spec.container:  # as the demuxer reads it back (VOB: an MPEG program stream; 3GP: QuickTime)
+            assert described[0] == {"vob": "mpeg", "3gp": "mov"}.get(spec.container, spec.container), name
         stored = [p.pts for p in packets]
         if None in stored:  # an H.264/HEVC elementary stream: no packet has a time, the index decodes
             assert "elementary" in name and set(stored) == {None}, name
