@@ -822,21 +822,17 @@ def _decord_open(path: Path, num_threads: int):
 
 
 def probe_frames(index: FrameIndex) -> list[list[int]]:
-    """The frames decord must get right before it reads a file: two requests that jump as training does.
+    """The frames decord must get right before it reads a file, in one request that jumps as clips do.
 
-    Each lies a few frames after a key frame (cheap for the exact reader, whatever the GOP) — in the last,
-    the middle and the first GOP — and after a B-frame reordering, where decord's seeks go wrong.  The
-    first request jumps forward, the second backward and then forward again, as random clips do.
+    Right after the middle GOP's key frame (the B-frames reordered there are where decord's seeks go wrong
+    on open GOPs, MPEG-2 and MPEG-4 in MP4), then forward into the last GOP, then back to the start.  Each
+    lies a frame or two after a key frame, so the exact reader decodes only a few frames, whatever the GOP.
+    Chosen on the codec corpus (tests/codec_corpus.py): this request rejects every file there that decord
+    reads wrong, as the longer two-request probe it replaced did, at about half of decord's cost.
     """
     n, keys = index.num_frames, index.key_index
-
-    def after(key: int, offset: int) -> int:
-        return min(n - 1, key + offset)
-
-    last, middle = keys[-1], keys[len(keys) // 2]
-    first = [after(middle, 2), after(last, 3), min(n - 1, 1)]
-    second = [after(middle, 1), after(0, 4), after(last, 1), after(middle, 3)]
-    return [first, second]
+    middle, last = keys[len(keys) // 2], keys[-1]
+    return [[min(n - 1, middle + 1), min(n - 1, last + 2), min(n - 1, 1)]]
 
 
 def _decord_agrees(vr, index: FrameIndex, probes: list[list[int]], expected: list[torch.Tensor]) -> bool:
