@@ -68,17 +68,97 @@ def test_samples_depend_only_on_seed_epoch_and_index(video_tree):
     assert len(epochs) > 1  # a new epoch draws new clips
 
 
-def test_eval_clips_are_uniform_and_cover_every_video(video_tree):
+def counting_open(monkeypatch, rereads: int = 0) -> dict[str, int]:
+    """Count the dataset's `open_video` and ``get_frames`` calls; readers report ``rereads``."""
+    import iresvid.data.datasets as datasets
+
+    real_open, calls = datasets.open_video, {"open": 0, "get_frames": 0}
+
+    def opened(path, backend="decord", **kwargs):
+        reader = real_open(path, backend, **kwargs)
+        real_get = reader.get_frames
+        calls["open"] += 1
+
+        def get_frames(indices):
+            calls["get_frames"] += 1
+            return real_get(indices)
+
+        reader.get_frames, reader.rereads = get_frames, rereads
+        return reader
+
+    monkeypatch.setattr(datasets, "open_video", opened)
+    return calls
+
+
+def test_eval_items_are_whole_videos_read_in_one_pass(video_tree, monkeypatch):
     ds = dataset(folder_per_class(video_tree), mode="eval", num_clips=3)
-    assert len(ds) == 3 * ds.num_videos
+    calls = counting_open(monkeypatch)
+    assert len(ds) == ds.num_videos
     for index in range(len(ds)):
         sample = ds[index]
-        video, clip = divmod(index, 3)
-        assert (sample["video_index"], sample["clip_index"]) == (video, clip)
-        assert frame_ids(sample["input"]) == uniform_clips(NUM_FRAMES, 4, 3, 3)[clip]
+        assert sample["video_index"] == sample["index"] == index and sample["valid"]
+        assert sample["clip_valid"] == [True] * 3 and sample["input"].shape[:3] == (3, 3, 4)
+        for clip in range(3):
+            assert frame_ids(sample["input"][clip]) == uniform_clips(NUM_FRAMES, 4, 3, 3)[clip]
+    assert calls == {"open": ds.num_videos, "get_frames": ds.num_videos}  # not once per clip
 
 
-# ------------------------------------------------------------------------------------------ bad videos
+def test_one_pass_clips_equal_clips_read_one_by_one(video_tree):
+    """The one-pass read changes how often a file is opened, never a pixel: each clip read on its own (the
+    former evaluation item) is the same tensor."""
+    ds = dataset(folder_per_class(video_tree), mode="eval", num_clips=3)
+    for index, record in enumerate(ds.records):
+        clips = ds[index]["input"]
+        for clip in range(3):
+            [alone], _ = ds._read_clips(record, [clip])
+            assert torch.equal(clips[clip], alone)
+
+
+def test_eval_batches_are_clip_rows_of_whole_videos(video_tree):
+    ds = dataset(folder_per_class(video_tree), mode="eval", num_clips=3)
+    batches = list(build_loader(ds, batch_size=2, shuffle=False))
+    assert [len(b["label"]) for b in batches] == [6, 6, 6]  # 2 videos × 3 clips per batch
+    rows = [divmod(i, 3) for i in range(3 * ds.num_videos)]
+    assert [
+        tuple(r) for b in batches for r in torch.stack([b["video_index"], b["clip_index"]], 1).tolist()
+    ] == rows
+    for b in batches:
+        labels = [ds.records[v].label for v in b["video_index"].tolist()]
+        assert b["label"].tolist() == labels and b["valid"].all() and b["failures"] == []
+
+
+def test_reader_rereads_are_counted_per_sample_and_summed_per_batch(video_tree, monkeypatch):
+    annotations = folder_per_class(video_tree)
+    counting_open(monkeypatch, rereads=2)
+    train = dataset(annotations)
+    assert train[(0, 0)]["rereads"] == 2
+    assert collate_clips([train[(i, 0)] for i in range(3)])["rereads"] == 6
+    evaluation = dataset(annotations, mode="eval", num_clips=3)
+    assert evaluation[0]["rereads"] == 2  # one reader for all three clips
+    assert collate_clips([evaluation[i] for i in range(2)])["rereads"] == 4
+    monkeypatch.undo()
+    assert dataset(annotations)[(0, 0)]["rereads"] == 0  # a clean constant-rate file redoes no read
+
+
+def test_a_video_failing_in_one_pass_keeps_the_clips_it_can_give(video_tree, monkeypatch):
+    """A file whose later frames cannot be decoded (e.g. truncated): the clips before the damage are still
+    evaluated, the others are invalid rows, each reported."""
+    ds = dataset(folder_per_class(video_tree), mode="eval", num_clips=3)
+    read = ClipDataset._read_clips
+
+    def damaged(self, record, clip_indices):
+        if record.path == ds.records[1].path and 2 in clip_indices:
+            raise OSError("truncated")
+        return read(self, record, clip_indices)
+
+    monkeypatch.setattr(ClipDataset, "_read_clips", damaged)
+    sample = ds[1]
+    assert sample["valid"] and sample["clip_valid"] == [True, True, False]
+    assert sample["failures"] == [(str(ds.records[1].path), "OSError: truncated")]
+    assert frame_ids(sample["input"][1]) == uniform_clips(NUM_FRAMES, 4, 3, 3)[1]
+    assert not sample["input"][2].any()
+    batch = collate_clips([ds[0], sample])
+    assert batch["valid"].tolist() == [True] * 5 + [False] and batch["clip_index"].tolist() == [0, 1, 2] * 2
 
 
 def _faulty(tree: Path, tmp_path: Path, fault: str) -> tuple[Annotations, Path]:
@@ -190,7 +270,7 @@ def test_eval_views_of_a_padded_batch_match_per_sample_views(video_tree):
     batch = collate_clips(samples)
     views = EvalViews(32, 3, crop_size=28)
     out = views(batch["input"], sizes=batch["size"])
-    expected = torch.cat([views(s["input"][None]) for s in samples])
+    expected = torch.cat([views(s["input"]) for s in samples])  # an item: (num_clips=1, C, T, H, W)
     torch.testing.assert_close(out, expected)
 
 
@@ -246,3 +326,23 @@ def test_build_dataset_reads_the_configured_layout(video_tree):
     missing = load_config(None, ["data.root=/nonexistent/dataset", "data.format=folder"])
     with pytest.raises(FileNotFoundError, match="data.root.*/nonexistent/dataset"):
         build_dataset(missing.data, "train", mode="train")
+
+
+def test_image_evaluation_items_collate_with_an_unreadable_image(tmp_path):
+    """2D evaluation: an item is the image (num_clips=1); an unreadable one is an invalid row of the same
+    rank, so it batches with readable ones instead of breaking the collate."""
+    from torchvision.io import write_png
+
+    from iresvid.data.datasets import ImageDataset
+
+    records = []
+    for i, (height, width) in enumerate([(40, 60), (50, 40)]):
+        path = tmp_path / f"img{i}.png"
+        write_png(torch.full((3, height, width), 10 * i, dtype=torch.uint8), str(path))
+        records.append(VideoRecord(path, i, path.stem))
+    records.append(VideoRecord(tmp_path / "missing.png", 1, "missing"))
+    ds = ImageDataset(Annotations(records, ["a", "b"], [], "images", "test"), mode="eval", short_side=32)
+    batch = collate_clips([ds[i] for i in range(len(ds))])
+    assert batch["input"].shape == (3, 3, 40, 48) and batch["valid"].tolist() == [True, True, False]
+    assert batch["size"].tolist() == [[32, 48], [40, 32], [1, 1]] and batch["label"].tolist() == [0, 1, 1]
+    assert [path for path, _ in batch["failures"]] == [str(tmp_path / "missing.png")]

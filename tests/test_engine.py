@@ -113,6 +113,32 @@ def test_train_checkpoint_resume_and_evaluate(demo_root, tmp_path):
     assert (reports / "per_class.csv").read_text().count("\n") == 9  # header + 8 classes
 
 
+def test_reader_rereads_are_totalled_per_epoch_and_per_evaluation(demo_root, tmp_path, monkeypatch, caplog):
+    import iresvid.data.datasets as datasets
+
+    real_open = datasets.open_video
+
+    def opened(*args, **kwargs):  # every reader reports exactly one redone read
+        reader = real_open(*args, **kwargs)
+        real_get = reader.get_frames
+
+        def get_frames(indices):
+            frames = real_get(indices)
+            reader.rereads = 1
+            return frames
+
+        reader.get_frames = get_frames
+        return reader
+
+    monkeypatch.setattr(datasets, "open_video", opened)
+    trainer, metrics = train(tiny(demo_root, tmp_path / "run", "schedule.epochs=1"))
+    epoch = trainer.history[0]
+    assert epoch["train_reread_reads"] == trainer.steps_per_epoch * trainer.micro_batch  # one per clip read
+    # Evaluation reads each of the 8 test videos once for both of its clips: one reader, one count.
+    assert metrics["val_reread_reads"] == epoch["val_reread_reads"] == 8
+    assert "frame reads were redone" in caplog.text
+
+
 @pytest.mark.parametrize("interrupt_at,extra", [(3, []), (4, ["train.save_every_steps=1"])])
 def test_an_interrupted_run_resumes_to_the_same_weights(
     demo_root, tmp_path, monkeypatch, interrupt_at, extra

@@ -65,7 +65,7 @@ def _by_hand(checkpoint: Path, video: int, clips: Sequence[int] = range(NUM_CLIP
     model, cfg, classes = load_trained(checkpoint)
     dataset = build_dataset(cfg.data, "val", mode="eval", classes=classes, num_clips=NUM_CLIPS)
     views = EvalViews(32, NUM_CROPS, mean=model.pretrained_cfg["mean"], std=model.pretrained_cfg["std"])
-    x = views(torch.stack([dataset[video * NUM_CLIPS + c]["input"] for c in clips]))
+    x = views(dataset[video]["input"][list(clips)])  # an item holds all of the video's clips
     assert x.shape[0] == len(clips) * NUM_CROPS  # (clips * crops, C, T, 32, 32)
     with torch.no_grad():
         return model.forward_head(model.forward_features(x), pre_logits=True).mean(0)
@@ -138,14 +138,14 @@ def test_spatial_maps_refused_when_too_large_or_not_pt(setup, tmp_path):
 
 def test_a_video_read_in_part_is_averaged_over_its_readable_views_and_listed(setup, tmp_path, monkeypatch):
     _, checkpoint = setup
-    read = ClipDataset._read
+    read = ClipDataset._read_clips
 
-    def flaky(self, record, generator, clip_index=0):
-        if record.path.name == "a1.mp4" and clip_index == 1:
+    def flaky(self, record, clip_indices):  # a1's second clip cannot be decoded, so neither can both at once
+        if record.path.name == "a1.mp4" and 1 in clip_indices:
             raise OSError("truncated")
-        return read(self, record, generator, clip_index)
+        return read(self, record, clip_indices)
 
-    monkeypatch.setattr(ClipDataset, "_read", flaky)
+    monkeypatch.setattr(ClipDataset, "_read_clips", flaky)
     result, _ = run_extract(tmp_path / "f.pt", checkpoint=checkpoint)
     assert result.num_views == [6, 3, 6, 6]
     assert result.incomplete == [{"path": result.paths[1], "views": 3, "reason": "OSError: truncated"}]

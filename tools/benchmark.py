@@ -1,6 +1,7 @@
 """`make bench`: speed, memory and deep-gradient benchmarks; each writes OUT/<name>.json and prints a table.
 
-python tools/benchmark.py {train,deep,data,soak,all} [--out bench_results] [--quick] [--device auto|cpu|cuda]
+python tools/benchmark.py {train,deep,data,soak,eval,all} [--out bench_results] [--quick]
+[--device auto|cpu|cuda]
 
 Same as ``iresvid bench``; see `iresvid.benchmarks.runner`.
 """

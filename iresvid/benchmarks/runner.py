@@ -1,6 +1,7 @@
 """`make bench`: speed, memory and deep-gradient benchmarks; each writes OUT/<name>.json and prints a table.
 
-python tools/benchmark.py {train,deep,data,soak,all} [--out bench_results] [--quick] [--device auto|cpu|cuda]
+python tools/benchmark.py {train,deep,data,soak,eval,all} [--out bench_results] [--quick]
+[--device auto|cpu|cuda]
 (or ``iresvid bench ...``).
 
 On a shared, loaded CPU machine run with OMP_NUM_THREADS=1: OpenMP threads that wait on each other's

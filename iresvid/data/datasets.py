@@ -12,11 +12,20 @@ writes them to a file at the epoch's end) and replaced by another video drawn fr
 video's own label: the batch carries the label and index of what was actually decoded.  After
 ``max_retries`` replacements the error says the dataset looks unreadable, listing the reasons.  At
 evaluation nothing is replaced (it would count a video twice); the sample is marked ``valid=False``.
+
+An evaluation item is a whole video: all of its ``num_clips`` clips come from one `open_video` and one
+``get_frames`` call (the reader serves the union of their frames in ascending order), where reading each
+clip on its own would open and seek the file ``num_clips`` times.  `collate_clips` turns the item back into
+one batch row per clip, so evaluation code sees clips as before.
+
+Every sample carries ``rereads``: the frame reads its reader had to redo through its exact path because a
+returned frame's timestamp did not match (``VideoReader.rereads``); batches and epochs sum them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +55,15 @@ class ClipDataset(Dataset):
 
     ``mode="train"``: item ``i`` is one random clip of video ``i`` (or TSN segments with
     ``sampling="segments"``), plus its crop box and flip from ``augment.sample_params``.
-    ``mode="eval"``: item ``i`` is clip ``i % num_clips`` of video ``i // num_clips`` (uniformly spaced
-    clips), so evaluation batches stay small and bounded; the evaluator averages a video's clips.
+    ``mode="eval"``: item ``i`` is video ``i`` with all of its ``num_clips`` uniformly spaced clips, read in
+    one pass; `collate_clips` makes each clip a batch row, so a batch of B items is B × num_clips clips (the
+    evaluation loader sizes B for that); the evaluator averages a video's clips.
 
     Items are dicts: ``input`` uint8 (C, T, H, W) with the short side ``short_side``, ``label``, ``index``
-    (the video actually decoded), ``size`` (H, W), ``failures`` [(path, reason)], ``valid``; in training
-    ``crop_box`` (top, left, h, w) and ``flip``; in evaluation ``video_index`` and ``clip_index``.
+    (the video actually decoded), ``size`` (H, W), ``failures`` [(path, reason)], ``valid``, ``rereads``;
+    in training ``crop_box`` (top, left, h, w) and ``flip``.  In evaluation ``input`` is (num_clips, C, T,
+    H, W), ``video_index`` is the video, ``clip_valid`` says which clips were read (a clip that was not is
+    zeros) and ``valid`` whether any was; ``failures`` has one entry per clip that could not be read.
 
     Indexing with ``(index, epoch)`` pairs (as `ShardedSampler` yields) makes the draw epoch-dependent.
     """
@@ -95,7 +107,7 @@ class ClipDataset(Dataset):
         return len(self.records)
 
     def __len__(self) -> int:
-        return len(self.records) * self.num_clips
+        return len(self.records)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -109,12 +121,12 @@ class ClipDataset(Dataset):
                 candidate = int(torch.randint(len(self.records), (1,), generator=generator))
             record = self.records[candidate]
             try:
-                frames = self._read(record, generator)
+                frames, rereads = self._read(record, generator)
             except Exception as e:  # noqa: BLE001 — any unreadable file is skipped, logged and reported
                 failures.append((str(record.path), _reason(e)))
                 log.warning("skipping unreadable video %s: %s", record.path, _reason(e))
                 continue
-            sample = self._sample(frames, record, candidate, failures)
+            sample = self._sample(frames, record, candidate, failures, rereads)
             if self.augment is not None:
                 params = self.augment.sample_params(1, frames.shape[-2], frames.shape[-1], generator)
                 sample["crop_box"], sample["flip"] = params.boxes[0], params.flip[0]
@@ -125,37 +137,85 @@ class ClipDataset(Dataset):
             f"(is the dataset or the '{self.backend}' decoder broken?): {listing}"
         )
 
-    def _eval_item(self, index: int) -> dict:
-        video_index, clip_index = divmod(index, self.num_clips)
+    def _eval_item(self, video_index: int) -> dict:
         record = self.records[video_index]
+        every = list(range(self.num_clips))
+        failures: list[tuple[str, str]] = []
         try:
-            frames = self._read(record, None, clip_index)
-            sample = self._sample(frames, record, video_index, [])
-        except Exception as e:  # noqa: BLE001
-            log.warning("cannot evaluate video %s: %s", record.path, _reason(e))
-            placeholder = torch.zeros(3, self.num_frames, 1, 1, dtype=torch.uint8)
-            sample = self._sample(placeholder, record, video_index, [(str(record.path), _reason(e))])
-            sample["valid"] = False
-        sample["video_index"], sample["clip_index"] = video_index, clip_index
+            clips, rereads = self._read_clips(record, every)
+        except Exception as e:  # noqa: BLE001 — an unreadable file is left out and reported, never replaced
+            if self.num_clips == 1:
+                clips, rereads = [None], 0
+                failures.append((str(record.path), _reason(e)))
+            else:
+                # The one pass fails as a whole, but a damaged file (e.g. truncated after its first clips)
+                # may still give some clips: read each on its own, as evaluation always could, and keep those.
+                clips, rereads = [], 0
+                for clip_index in every:
+                    try:
+                        [clip], count = self._read_clips(record, [clip_index])
+                    except Exception as e:  # noqa: BLE001
+                        clip, count = None, 0
+                        failures.append((str(record.path), _reason(e)))
+                    clips.append(clip)
+                    rereads += count
+        read = [clip for clip in clips if clip is not None]
+        if failures:
+            log.warning(
+                "cannot evaluate %d of %d clips of %s: %s",
+                len(failures),
+                len(clips),
+                record.path,
+                failures[0][1],
+            )
+        blank = torch.zeros_like(read[0]) if read else self._blank()
+        frames = torch.stack([blank if clip is None else clip for clip in clips])
+        sample = self._sample(frames, record, video_index, failures, rereads)
+        sample["valid"] = bool(read)
+        sample["video_index"], sample["clip_valid"] = video_index, [clip is not None for clip in clips]
         return sample
 
-    def _read(
-        self, record: VideoRecord, generator: torch.Generator | None, clip_index: int = 0
-    ) -> torch.Tensor:
-        """Decode the frames of one clip: uint8 (C, T, H, W) with the short side resized."""
+    def _read(self, record: VideoRecord, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """One training clip, uint8 (C, T, H, W) with the short side resized, and its reader's rereads."""
+
+        def pick(n: int) -> list[list[int]]:
+            if self.sampling == "segments":
+                return [segment_indices(n, self.num_frames, train=True, generator=generator)]
+            return [random_clip(n, self.num_frames, self.frame_stride, generator=generator)]
+
+        [clip], rereads = self._decode(record, pick)
+        return clip, rereads
+
+    def _read_clips(self, record: VideoRecord, clip_indices: Sequence[int]) -> tuple[list[torch.Tensor], int]:
+        """Evaluation clips ``clip_indices`` of ``record`` (of its ``num_clips`` uniform ones): one pass."""
+
+        def pick(n: int) -> list[list[int]]:
+            uniform = uniform_clips(n, self.num_frames, self.frame_stride, self.num_clips)
+            return [uniform[c] for c in clip_indices]
+
+        return self._decode(record, pick)
+
+    def _decode(
+        self, record: VideoRecord, pick: Callable[[int], list[list[int]]]
+    ) -> tuple[list[torch.Tensor], int]:
+        """Open ``record`` once and read the clips ``pick(num_frames)`` lists with one ``get_frames`` call.
+
+        Returns each clip as uint8 (C, T, H, W) with the short side resized (the resize works frame by frame,
+        so resizing them together gives each clip's own result) and the reader's ``rereads``.
+        """
         with open_video(record.path, self.backend) as reader:
-            n = reader.num_frames
-            if self.mode == "eval":
-                indices = uniform_clips(n, self.num_frames, self.frame_stride, self.num_clips)[clip_index]
-            elif self.sampling == "segments":
-                indices = segment_indices(n, self.num_frames, train=True, generator=generator)
-            else:
-                indices = random_clip(n, self.num_frames, self.frame_stride, generator=generator)
-            frames = reader.get_frames(indices)
-        return resize_short_side(frames, self.short_side).permute(3, 0, 1, 2)
+            clips = pick(reader.num_frames)
+            frames = reader.get_frames([i for clip in clips for i in clip])
+            rereads = reader.rereads
+        frames = resize_short_side(frames, self.short_side).permute(3, 0, 1, 2)
+        return list(frames.split([len(clip) for clip in clips], dim=1)), rereads
+
+    def _blank(self) -> torch.Tensor:
+        """What stands in for a clip of a video none of whose clips could be read (never looked at)."""
+        return torch.zeros(3, self.num_frames, 1, 1, dtype=torch.uint8)
 
     @staticmethod
-    def _sample(frames: torch.Tensor, record: VideoRecord, index: int, failures: list) -> dict:
+    def _sample(frames: torch.Tensor, record: VideoRecord, index: int, failures: list, rereads: int) -> dict:
         return {
             "input": frames,
             "label": record.label,
@@ -163,6 +223,7 @@ class ClipDataset(Dataset):
             "size": torch.tensor(frames.shape[-2:]),
             "failures": failures,
             "valid": True,
+            "rereads": rereads,
         }
 
 
@@ -172,9 +233,13 @@ class ImageDataset(ClipDataset):
     ``input`` is uint8 (C, H, W); decoding is torchvision's (libjpeg / libpng), in the worker.
     """
 
-    def _read(
-        self, record: VideoRecord, generator: torch.Generator | None, clip_index: int = 0
-    ) -> torch.Tensor:
+    def _read(self, record: VideoRecord, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        return self._image(record), 0
+
+    def _read_clips(self, record: VideoRecord, clip_indices: Sequence[int]) -> tuple[list[torch.Tensor], int]:
+        return [self._image(record)] * len(clip_indices), 0  # an image's every "clip" is the image
+
+    def _image(self, record: VideoRecord) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_image
 
         path = Path(record.path)
@@ -182,6 +247,9 @@ class ImageDataset(ClipDataset):
             raise FileNotFoundError(f"no such image: {path}")
         image = decode_image(str(path), mode=ImageReadMode.RGB)  # (C, H, W) uint8
         return resize_short_side(image.permute(1, 2, 0)[None], self.short_side)[0].permute(2, 0, 1)
+
+    def _blank(self) -> torch.Tensor:
+        return torch.zeros(3, 1, 1, dtype=torch.uint8)
 
 
 def _reason(error: BaseException) -> str:

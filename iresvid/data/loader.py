@@ -59,23 +59,40 @@ class ShardedSampler(Sampler):
 
 
 def collate_clips(samples: list[dict]) -> dict:
-    """Stack samples into a batch, padding frames to the largest (H, W) of the batch (zeros, never read)."""
-    inputs = [s["input"] for s in samples]
+    """Stack samples into a batch, padding frames to the largest (H, W) of the batch (zeros, never read).
+
+    An evaluation item (a whole video, see `ClipDataset`) becomes one row per clip, with its ``clip_index``
+    and that clip's ``valid``: evaluation batches hold clips, as the evaluator and feature extraction read
+    them.  ``failures`` and ``rereads`` (an int, the sum over the batch) are taken per item.
+    """
+    rows = [row for sample in samples for row in _clip_rows(sample)]
+    inputs = [s["input"] for s in rows]
     height = max(x.shape[-2] for x in inputs)
     width = max(x.shape[-1] for x in inputs)
     batch_input = inputs[0].new_zeros((len(inputs), *inputs[0].shape[:-2], height, width))
     for i, x in enumerate(inputs):
         batch_input[i, ..., : x.shape[-2], : x.shape[-1]] = x
-    batch = {"input": batch_input, "size": torch.stack([s["size"] for s in samples])}
+    batch = {"input": batch_input, "size": torch.stack([s["size"] for s in rows])}
     for key in _STACKED:
-        if key in samples[0]:
-            batch[key] = torch.tensor([s[key] for s in samples])
-    if "crop_box" in samples[0]:
+        if key in rows[0]:
+            batch[key] = torch.tensor([s[key] for s in rows])
+    if "crop_box" in rows[0]:
         batch["augment"] = CropFlipParams(
-            torch.stack([s["crop_box"] for s in samples]), torch.stack([s["flip"] for s in samples])
+            torch.stack([s["crop_box"] for s in rows]), torch.stack([s["flip"] for s in rows])
         )
     batch["failures"] = [f for s in samples for f in s["failures"]]
+    batch["rereads"] = sum(int(s.get("rereads", 0)) for s in samples)
     return batch
+
+
+def _clip_rows(sample: dict) -> list[dict]:
+    """The batch rows of one item: itself, or for a whole video (``clip_valid``) one row per clip."""
+    if "clip_valid" not in sample:
+        return [sample]
+    return [
+        {**sample, "input": clip, "clip_index": k, "valid": valid}
+        for k, (clip, valid) in enumerate(zip(sample["input"], sample["clip_valid"], strict=True))
+    ]
 
 
 def build_loader(

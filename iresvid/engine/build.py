@@ -67,8 +67,9 @@ def norm_stats(cfg: Config, model: nn.Module) -> tuple[list[float], list[float]]
 @dataclass(frozen=True)
 class EvalInputs:
     """Every video of a split as ``num_clips × num_crops`` normalised views: what `evaluate` and
-    `extract_features` read.  The loader yields clips; ``views`` turns each into ``num_crops`` crops, and the
-    model sees ``chunk`` views per forward pass, so memory does not grow with the number of crops."""
+    `extract_features` read.  The loader yields the clips of whole videos (each video read in one pass);
+    ``views`` turns each clip into ``num_crops`` crops, and the model sees ``chunk`` views per forward pass,
+    so memory does not grow with the number of crops."""
 
     dataset: ClipDataset
     loader: DataLoader
@@ -95,7 +96,7 @@ def build_eval_inputs(
     dataset = build_dataset(d, split, mode="eval", classes=classes, num_clips=num_clips, seed=cfg.train.seed)
     loader = build_loader(
         dataset,
-        batch_size=max(1, views_per_pass // num_crops),
+        batch_size=eval_videos_per_batch(views_per_pass, num_clips, num_crops),
         shuffle=False,
         num_workers=d.num_workers,
         num_replicas=world_size,
@@ -113,6 +114,13 @@ def build_eval_inputs(
         channels_last=cfg.model.channels_last,
     ).to(device)
     return EvalInputs(dataset, loader, views, views_per_pass)
+
+
+def eval_videos_per_batch(views_per_pass: int, num_clips: int, num_crops: int) -> int:
+    """Videos per evaluation batch: an item is a whole video, so as many as keep a batch within
+    ``views_per_pass`` views, and at least one: a batch holds at most max(views_per_pass, num_clips ×
+    num_crops) views, however many videos the split has."""
+    return max(1, views_per_pass // (num_clips * num_crops))
 
 
 def progress_bar(enabled: bool, **settings) -> Callable[[Iterable], Iterable] | None:

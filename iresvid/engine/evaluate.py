@@ -30,6 +30,7 @@ class EvalResult:
     loss: float
     num_videos: int
     failed: list[tuple[str, str]] = field(default_factory=list)  # videos with no readable view
+    rereads: int = 0  # frame reads the readers redid through their exact path (timestamp mismatches)
 
     def summary(self, prefix: str = "") -> dict[str, float]:
         out = {f"{prefix}loss": self.loss}
@@ -38,6 +39,7 @@ class EvalResult:
             for name in ("top1", "top5", "mean_class_accuracy"):
                 out[f"{prefix}{level}_{name}"] = metrics[name]
         out[f"{prefix}failed_videos"] = len(self.failed)
+        out[f"{prefix}reread_reads"] = self.rereads
         return out
 
 
@@ -47,16 +49,24 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def readable_views(
-    loader, views: EvalViews, device: torch.device, failures: list[tuple[str, str]], progress=None
+    loader,
+    views: EvalViews,
+    device: torch.device,
+    failures: list[tuple[str, str]],
+    progress=None,
+    rereads: list[int] | None = None,
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """The readable clips of each batch of an evaluation loader, as views on ``device``.
 
     Yields (the batch's ``video_index``, ``clip_index`` and ``label`` of those clips, their views
     ``(N * num_crops, C, [T,] S, S)``, sample-major); the loader's reports of unreadable videos are
-    appended to ``failures``, and a batch with no readable clip yields nothing.
+    appended to ``failures`` (and each batch's reread count to ``rereads``, if given), and a batch with no
+    readable clip yields nothing.
     """
     for batch in progress(loader) if progress else loader:
         failures.extend(batch["failures"])
+        if rereads is not None:
+            rereads.append(batch.get("rereads", 0))
         keep = batch["valid"]
         if not keep.any():
             continue
@@ -85,9 +95,10 @@ def evaluate(
     clip_meter = AccuracyMeter(num_classes)
     loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of views)
     failures: list[tuple[str, str]] = []
+    rereads: list[int] = []
     was_training = model.training
     model.eval()
-    for batch, x in readable_views(loader, views, device, failures, progress):
+    for batch, x in readable_views(loader, views, device, failures, progress, rereads):
         video_index, labels = batch["video_index"], batch["label"]
         with autocast(device, amp_dtype):
             logits = torch.cat([model(part) for part in x.split(chunk)]).float().cpu()
@@ -101,9 +112,10 @@ def evaluate(
         )
     model.train(was_training)
 
-    # Combine processes: each evaluated a disjoint shard of the views.
-    video_scores, video_views, loss_sum = (
-        all_reduce_sum(t.to(device)).cpu() for t in (video_scores, video_views, loss_sum)
+    # Combine processes: each evaluated a disjoint shard of the videos (all the views of each).
+    reread_count = torch.tensor([sum(rereads)], dtype=torch.float64)
+    video_scores, video_views, loss_sum, reread_count = (
+        all_reduce_sum(t.to(device)).cpu() for t in (video_scores, video_views, loss_sum, reread_count)
     )
     clip_meter.reduce(all_reduce_sum, device)
     failures = [f for part in gather_objects(failures) for f in part]
@@ -119,4 +131,4 @@ def evaluate(
     unread = {str(dataset.records[i].path) for i in torch.nonzero(~seen).flatten().tolist()}
     failed = sorted({f for f in failures if f[0] in unread})
     loss = (loss_sum[0] / loss_sum[1].clamp(min=1)).item()
-    return EvalResult(clip_meter, video_meter, loss, int(seen.sum()), failed)
+    return EvalResult(clip_meter, video_meter, loss, int(seen.sum()), failed, int(reread_count.item()))

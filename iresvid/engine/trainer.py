@@ -323,7 +323,8 @@ class Trainer:
         model.train()
         sampler = self.train_loader.sampler
         sampler.set_epoch(self.epoch, start=self.epoch_step * t.accum_steps * self.micro_batch)
-        totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, correct, samples, failed
+        # loss sum, correct, samples, failed videos, frame reads redone by the readers
+        totals = torch.zeros(5, dtype=torch.float64, device=self.device)
         start, clips = time.perf_counter(), 0
         steps_left = self.steps_per_epoch - self.epoch_step
         bar = self._progress(total=steps_left, desc=f"epoch {self.epoch + 1}/{cfg.schedule.epochs}")
@@ -333,6 +334,7 @@ class Trainer:
                 batch = next(batches)
                 self._record_failures(batch["failures"])
                 totals[3] += len(batch["failures"])
+                totals[4] += batch["rereads"]
                 sync = micro == t.accum_steps - 1 or not self.dist.distributed
                 with contextlib.nullcontext() if sync else model.no_sync():
                     loss, correct, n = self._forward_backward(batch)
@@ -359,6 +361,14 @@ class Trainer:
             bar.close()
         all_reduce_sum(totals)
         failed = self._write_failures()
+        rereads = int(totals[4].item())
+        if rereads and self.dist.is_main:
+            log.warning(
+                "epoch %d: %d frame reads were redone through the exact path (a returned frame's timestamp "
+                "did not match the one asked for)",
+                self.epoch + 1,
+                rereads,
+            )
         elapsed = time.perf_counter() - start
         return {
             "train_loss": (totals[0] / totals[2].clamp(min=1)).item(),
@@ -366,6 +376,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "clips_per_s": clips * self.dist.world_size / elapsed,
             "train_failed_videos": failed,
+            "train_reread_reads": rereads,
         }
 
     def _forward_backward(self, batch: dict) -> tuple[float, float, int]:
