@@ -533,4 +533,4 @@ def test_the_readme_data_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     exec(compile(snippet, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == str(AVAILABLE)
-    assert printed[1] == "decord 25.0 torch.Size([24, 128, 171, 3]) 0"  # 48x64 frames, short side 128
+    assert printed[1] == "pyav 25.0 torch.Size([24, 128, 171, 3]) 0"  # 48x64 frames, short side 128

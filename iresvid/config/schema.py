@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from iresvid.data.video_io import BACKENDS
+from iresvid.data.video_io import BACKENDS, DEFAULT_BACKEND
 
 
 def doc(default, help: str, **checks):
@@ -95,7 +95,7 @@ class DataConfig:
     val_num_clips: int = doc(1, "validation during training: clips per video (fast)", min=1)
     val_num_crops: int = doc(1, "validation during training: crops per clip", choices=(1, 3))
     backend: str = doc(
-        "decord", "video decoder (each one proven frame-exact per file)", choices=tuple(BACKENDS)
+        DEFAULT_BACKEND, "video decoder (each one proven frame-exact per file)", choices=tuple(BACKENDS)
     )
     batch_size: int = doc(64, "global batch size, split across processes", min=1)
     eval_batch_size: int | None = doc(

@@ -9,8 +9,8 @@ from importlib import import_module
 
 _EXPORTS = {
     "iresvid.data.video_io": (
-        "BACKENDS", "Backend", "FrameIndex", "VideoDecodeError", "VideoReader", "clear_open_cache",
-        "list_backends", "open_video",
+        "BACKENDS", "Backend", "DEFAULT_BACKEND", "FrameIndex", "VideoDecodeError", "VideoReader",
+        "clear_open_cache", "list_backends", "open_video",
     ),
     "iresvid.data.annotations": (
         "Annotations", "VideoRecord", "folder_per_class", "kinetics_csv", "path_label_list",

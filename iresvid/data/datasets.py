@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from iresvid.data.annotations import Annotations, VideoRecord
 from iresvid.data.sampling import random_clip, segment_indices, uniform_clips
 from iresvid.data.transforms import GpuAugment, resize_short_side
-from iresvid.data.video_io import open_video
+from iresvid.data.video_io import DEFAULT_BACKEND, open_video
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class ClipDataset(Dataset):
         num_clips: int = 1,
         short_side: int = 320,
         augment: GpuAugment | None = None,
-        backend: str = "decord",
+        backend: str = DEFAULT_BACKEND,
         max_retries: int = 10,
         seed: int = 0,
     ):
