@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from cli_tools import run_quick_benchmark
 
 from iresvid.benchmarks.data import (
     LOADERS,
@@ -34,18 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_data_quick(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "benchmark.py"), "data", "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    record = json.loads((tmp_path / "data.json").read_text())
-    assert record["benchmark"] == "data" and {"load_avg_1_5_15", "load_avg_after"} <= set(record["env"])
+    stdout, record = run_quick_benchmark("data", tmp_path)
     config = config_for(quick=True)
     workers = config.workers
     assert list(record["sets"]) == [s.name for s in config.sets]
@@ -81,7 +68,7 @@ def test_data_quick(tmp_path):
     assert all(math.isfinite(v) and v > 0 for v in record["ratios"].values())
     goals = record["goals"]
     assert goals and all(set(g) == {"goal", "value", "met"} and isinstance(g["met"], bool) for g in goals)
-    assert all(label in proc.stdout for label in LOADERS) and "goal" in proc.stdout
+    assert all(label in stdout for label in LOADERS) and "goal" in stdout
 
 
 def test_trap_check_catches_files_without_the_traps(tmp_path):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from cli_tools import run_quick_benchmark
 
 from iresvid.benchmarks import BENCHMARKS
 from iresvid.benchmarks.evaluation import AFTER, BEFORE, OpenPerClip
@@ -21,18 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_eval_quick(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "benchmark.py"), "eval", "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    record = json.loads((tmp_path / "eval.json").read_text())
-    assert record["benchmark"] == "eval" and {"load_avg_1_5_15", "load_avg_after"} <= set(record["env"])
+    stdout, record = run_quick_benchmark("eval", tmp_path)
     config = record["config"]
     backends = config["backends"]
     assert backends and set(backends) <= {"decord", "pyav", "torchcodec"}
@@ -55,7 +41,7 @@ def test_eval_quick(tmp_path):
         check = record["check"][backend]
         assert check["predictions_identical"] is True and check["views_compared"] == 4 * 10 * 3
         assert check["metrics"]["failed_videos"] == 0
-    assert "goal" in proc.stdout and AFTER in proc.stdout
+    assert "goal" in stdout and AFTER in stdout
 
 
 def test_make_bench_all_includes_eval():  # `all` runs every entry of BENCHMARKS
