@@ -448,7 +448,7 @@ def test_torchcodec_timestamps_that_disagree_are_reread_exactly(media, reference
 
 
 def test_open_cache_is_a_bounded_lru(media, monkeypatch):
-    cache = video_io._CheckCache(2)
+    cache = video_io._LRU(2)
     monkeypatch.setattr(video_io, "_verdicts", cache)
     for kind in ("mp4", "avi", "mp4_bframes"):
         open_video(media[kind], "decord").close()

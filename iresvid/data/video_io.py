@@ -723,7 +723,7 @@ class _Verdict(NamedTuple):
     width: int
 
 
-class _CheckCache:
+class _LRU:
     """A bounded mapping, least recently used dropped first; thread-safe."""
 
     def __init__(self, maxsize: int):
@@ -757,8 +757,8 @@ class _CheckCache:
         return len(self._entries)
 
 
-_verdicts = _CheckCache(OPEN_CACHE_SIZE)  # (backend, file) -> _Verdict
-_indexes = _CheckCache(INDEX_CACHE_SIZE)  # file -> FrameIndex
+_verdicts = _LRU(OPEN_CACHE_SIZE)  # (backend, file) -> _Verdict
+_indexes = _LRU(INDEX_CACHE_SIZE)  # file -> FrameIndex
 
 
 def clear_open_cache() -> None:
@@ -815,7 +815,7 @@ def _open_decord(path: Path, key: _FileKey, num_threads: int) -> VideoReader:
         return reference
     # The exact reader's probe frames first, and its decoder closed before decord's runs: two decoders of a
     # 4K stream at once hold twice the reference frames (measured: 629 MB peak against 240 MB).
-    index, probes = reference.index, probe_frames(reference.index)
+    index, probes = reference.index, _probe_frames(reference.index)
     expected = [reference.get_frames(indices) for indices in probes]
     reference.close()
     exact = _decord_agrees(vr, index, probes, expected)
@@ -835,7 +835,7 @@ def _decord_open(path: Path, num_threads: int):
         raise VideoDecodeError(path, f"decord cannot open it ({e})") from e
 
 
-def probe_frames(index: FrameIndex) -> list[list[int]]:
+def _probe_frames(index: FrameIndex) -> list[list[int]]:
     """The frames decord must get right before it reads a file, in one request that jumps as clips do.
 
     Right after the middle GOP's key frame (the B-frames reordered there are where decord's seeks go wrong
