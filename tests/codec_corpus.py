@@ -37,6 +37,7 @@ class Codec:
     gop: int = 12
     bframes: int = 0
     open_gop: bool = False
+    interlaced: bool = False  # field-coded content (broadcast, DVD): H.264 MBAFF, MPEG-2 interlaced DCT
     container: str | None = None
 
     @property
@@ -57,6 +58,7 @@ class Codec:
         b_adapt = ":b-adapt=0" if self.bframes else ""
         if self.codec == "libx264":
             params = f"{key}:{bf}{b_adapt}" + (":open-gop=1" if self.open_gop else "")
+            params += ":interlaced=1:tff=1" if self.interlaced else ""
             return {"crf": "16", "preset": "veryfast", "x264-params": params}
         if self.codec == "libx265":
             params = f"{key}:{bf}{b_adapt}:open-gop={int(self.open_gop)}:log-level=error"
@@ -66,7 +68,8 @@ class Codec:
                     "lag-in-frames": "16", "auto-alt-ref": "1"}  # fmt: skip
         if self.codec == "libsvtav1":
             return {"preset": "12", "svtav1-params": f"keyint={self.gop}"}
-        return {"sc_threshold": "1000000000"}  # MPEG-1/2/4: no extra key frames at "scene cuts"
+        # MPEG-1/2/4: no extra key frames at "scene cuts"
+        return {"sc_threshold": "1000000000"} | ({"flags": "+ildct+ilme"} if self.interlaced else {})
 
 
 NTSC = Fraction(30000, 1001)
@@ -114,6 +117,11 @@ CORPUS: dict[str, Codec] = {
     "h264_mov_bframes": Codec("mov", "libx264", bframes=2),
     "h264_3gp_bframes": Codec("3gp", "libx264", bframes=2, container="3gp"),
     "mpeg4_nut_bframes": Codec("nut", "mpeg4", bframes=2, container="nut"),
+    # Interlaced broadcast material in transport streams.
+    "h264_ts_interlaced_bframes": Codec("ts", "libx264", size=(64, 64), bframes=2, interlaced=True),
+    "mpeg2_ts_interlaced_bframes": Codec(
+        "ts", "mpeg2video", size=(64, 64), frames=60, gop=15, bframes=2, interlaced=True, container="mpegts"
+    ),
 }
 
 

@@ -133,6 +133,9 @@ def test_the_corpus_has_its_traps(corpus):
         assert described[1:] in {(spec.decoder, spec.pix_fmt), ("libdav1d", spec.pix_fmt)}, name
         if spec.container:  # as the demuxer reads it back (VOB: an MPEG program stream; 3GP: QuickTime)
             assert described[0] == {"vob": "mpeg", "3gp": "mov"}.get(spec.container, spec.container), name
+        if spec.interlaced:
+            with av.open(str(path)) as container:
+                assert next(container.decode(video=0)).interlaced_frame, name
         stored = [p.pts for p in packets]
         if None in stored:  # an H.264/HEVC elementary stream: no packet has a time, the index decodes
             assert "elementary" in name and set(stored) == {None}, name
