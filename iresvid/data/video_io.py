@@ -365,7 +365,7 @@ class PyAVReader(VideoReader):
                 if packet.is_corrupt:
                     continue
                 for frame in packet.decode():
-                    first = first or frame
+                    first = frame if first is None else first
                     timed.append((frame.pts, bool(frame.key_frame)))
         except av.FFmpegError as e:
             raise VideoDecodeError(self.path, f"decoding failed after {len(timed)} frames ({e})") from e
