@@ -118,7 +118,7 @@ def test_kinetics_robustness_crlf_bom_blanks_duplicates_missing(tmp_path, caplog
     assert ann.classes == ["a", "b"]
     assert [r.video_id for r in ann.records] == ["AAAAAAAAAAA_000001_000011", "BBBBBBBBBBB_000002_000012"]
     # Missing videos are reported where they should be: in their class folder.
-    assert ann.missing == [
+    assert [r.path for r in ann.missing] == [
         tmp_path / "v/b/CCCCCCCCCCC_000003_000013.mp4",
         tmp_path / "v/b/DDDDDDDDDDD_000004_000014.mp4",
     ]

@@ -94,6 +94,11 @@ class DataConfig:
     num_crops: int = doc(3, "evaluation: spatial crops per clip", choices=(1, 3))
     val_num_clips: int = doc(1, "validation during training: clips per video (fast)", min=1)
     val_num_crops: int = doc(1, "validation during training: crops per clip", choices=(1, 3))
+    manifest: str | None = doc(
+        "manifest.jsonl",
+        "a prepared set's manifest under root (iresvid prepare), used when it exists: no file is checked "
+        "or probed at start-up, unusable videos are left out (None: ignore it)",
+    )
     backend: str = doc(
         DEFAULT_BACKEND, "video decoder (each one proven frame-exact per file)", choices=tuple(BACKENDS)
     )

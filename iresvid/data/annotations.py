@@ -16,6 +16,10 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from iresvid.data.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +43,20 @@ class VideoRecord:
 
 @dataclass
 class Annotations:
-    """The videos found (``records``), the listed ones that are not on disk (``missing``), and the class list.
+    """The videos found (``records``), the listed ones not on disk (``missing``, with their labels: a tool
+    that reports them needs them), and the class list.
 
     ``class_source`` says where the class index came from (a class-index file, or sorted names), because a
-    class index derived differently for train and val is the classic silent failure.
+    class index derived differently for train and val is the classic silent failure.  ``manifest`` is the
+    prepared set's (`iresvid.data.manifest.Manifest.apply`), when there is one.
     """
 
     records: list[VideoRecord]
     classes: list[str]
-    missing: list[Path]
+    missing: list[VideoRecord]
     source: str
     class_source: str = ""
+    manifest: Manifest | None = None
 
     def summary(self) -> str:
         return (
@@ -425,7 +432,7 @@ def _finish(
             root,
             _some([r.path.name for r in missing]),
         )
-    annotations = Annotations(records, list(classes), [r.path for r in missing], source, class_source)
+    annotations = Annotations(records, list(classes), missing, source, class_source)
     log.info("%s", annotations.summary())
     return annotations
 

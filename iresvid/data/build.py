@@ -8,6 +8,7 @@ from pathlib import Path
 from iresvid.config import ConfigError, DataConfig
 from iresvid.data import annotations as ann
 from iresvid.data.datasets import ClipDataset, ImageDataset
+from iresvid.data.manifest import Manifest
 from iresvid.data.transforms import GpuAugment
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -73,7 +74,8 @@ def load_annotations(cfg: DataConfig, split: str, *, classes: Sequence[str] | No
         raise ConfigError(
             f"'data.num_classes' is {cfg.num_classes} but {result.source} has {len(result.classes)} classes"
         )
-    return result
+    manifest = Manifest.find(root, cfg.manifest)
+    return manifest.apply(result) if manifest is not None else result
 
 
 def build_dataset(

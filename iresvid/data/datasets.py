@@ -90,6 +90,7 @@ class ClipDataset(Dataset):
         if not annotations.records:
             raise FileNotFoundError(f"no videos to read: {annotations.summary()}")
         self.records: list[VideoRecord] = annotations.records
+        self.manifest = annotations.manifest  # what a prepared set knows of each file: no first-open checks
         self.classes = annotations.classes
         self.source = annotations.source
         self.mode = mode
@@ -203,7 +204,8 @@ class ClipDataset(Dataset):
         Returns each clip as uint8 (C, T, H, W) with the short side resized (the resize works frame by frame,
         so resizing them together gives each clip's own result) and the reader's ``rereads``.
         """
-        with open_video(record.path, self.backend) as reader:
+        known = self.manifest.known_file(record.path) if self.manifest is not None else None
+        with open_video(record.path, self.backend, known=known) as reader:
             clips = pick(reader.num_frames)
             frames = reader.get_frames([i for clip in clips for i in clip])
             rereads = reader.rereads

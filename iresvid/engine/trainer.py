@@ -512,6 +512,9 @@ def check_clip_fits(dataset: ClipDataset, cfg: DataConfig, probes: int = 8) -> N
     count = min(probes, len(records))
     picks = sorted({i * (len(records) - 1) // max(count - 1, 1) for i in range(count)})
     lengths = []
+    if dataset.manifest is not None:  # a prepared set: every video's length is known without opening it
+        lengths = [n for n in map(dataset.manifest.frames, (r.path for r in records)) if n is not None]
+        picks = picks if not lengths else []
     for i in picks:
         try:
             with open_video(records[i].path, cfg.backend) as reader:
