@@ -1,8 +1,9 @@
 """The ``iresvid`` command: thin argument parsing over the library.
 
-Subcommands: ``train`` and ``test`` (also ``tools/train.py``, ``tools/test.py``), ``zoo`` (params and
-GFLOPs of every model), ``make-demo-data ROOT`` (the synthetic motion dataset), ``bench`` (also
-``tools/benchmark.py``), ``config`` (every config key with its type, default and meaning).
+Subcommands: ``train`` and ``test`` (also ``tools/train.py``, ``tools/test.py``), ``prepare SRC DST`` (make a
+downloaded set train-ready), ``zoo`` (params and GFLOPs of every model), ``make-demo-data ROOT`` (the
+synthetic motion dataset), ``bench`` (also ``tools/benchmark.py``), ``config`` (every config key with its
+type, default and meaning).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _USER_ERRORS = (
     "CheckpointWriteError",
     "DatasetUnreadableError",
     "ExportCheckError",
+    "PrepareError",
 )
 
 
@@ -114,6 +116,95 @@ def _test(args: argparse.Namespace) -> int:
     return run_guarded(run)
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from iresvid.data import prepare as prep
+
+    def run():
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        if args.merge:
+            if len(args.paths) != 1:
+                raise prep.PrepareError("prepare --merge takes one folder: the prepared root DST")
+            prep.merge_shards(args.paths[0])
+            return
+        if len(args.paths) != 2:
+            raise prep.PrepareError(
+                "prepare takes two folders: SRC (the download) and DST (the prepared copy)"
+            )
+        fmt, annotation_options = args.format, {}
+        if args.config:  # the layout a training config describes: the same keys, explicit flags win
+            from iresvid.config import load_config
+
+            data = load_config(args.config, [f"data.root={args.paths[0]}"]).data
+            fmt = fmt or data.format
+            annotation_options = {key: getattr(data, key) for key in prep.ANNOTATION_OPTIONS}
+        annotation_options |= {
+            key: getattr(args, key) for key in prep.ANNOTATION_OPTIONS if getattr(args, key) is not None
+        }
+        report = prep.prepare(
+            *args.paths,
+            fmt or "folder",
+            short_side=args.short_side,
+            gop=args.gop,
+            crf=args.crf,
+            preset=args.preset,
+            keep_audio=args.keep_audio,
+            min_frames=args.min_frames,
+            verify=args.verify,
+            workers=args.workers,
+            shard=prep.parse_shard(args.shard),
+            progress=not args.no_progress,
+            **annotation_options,
+        )
+        print(report.summary, end="")
+        if report.manifest is None:
+            print(
+                f"shard {args.shard} done; once every shard is, run: iresvid prepare --merge {args.paths[1]}"
+            )
+        else:
+            print(f"manifest: {report.manifest}")
+
+    return run_guarded(run)
+
+
+def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    from iresvid.config import DataConfig
+
+    defaults = DataConfig()
+    parser.add_argument("paths", nargs="+", metavar="SRC DST", help="the download and the prepared copy")
+    parser.add_argument(
+        "--format", choices=("kinetics", "ucf101", "folder", "list"), default=None, help="default: folder"
+    )
+    parser.add_argument(
+        "--config", default=None, help="take the format and the layout from a training config"
+    )
+    for key in ("train_annotations", "val_annotations", "train_dir", "val_dir", "annotation_dir"):
+        flag = "--" + key.replace("_", "-")
+        parser.add_argument(
+            flag, dest=key, default=None, help=f"as data.{key} (default {getattr(defaults, key)})"
+        )
+    parser.add_argument("--classes-file", dest="classes_file", default=None, help="as data.classes_file")
+    parser.add_argument(
+        "--num-classes", dest="num_classes", type=int, default=None, help="as data.num_classes"
+    )
+    parser.add_argument(
+        "--short-side", type=int, default=320, help="short side of the output (never enlarged)"
+    )
+    parser.add_argument("--gop", type=int, default=16, help="a key frame every N frames")
+    parser.add_argument("--crf", type=int, default=23, help="libx264 quality (lower: better, larger)")
+    parser.add_argument("--preset", default="veryfast", help="libx264 preset (speed against size)")
+    parser.add_argument("--keep-audio", action="store_true", help="keep the first audio track (as AAC)")
+    parser.add_argument("--min-frames", type=int, default=8, help="fewer frames is 'too short'")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="encoding processes (default: one per core)"
+    )
+    parser.add_argument("--shard", default="0/1", help="I/N: prepare the I-th (0-based) of N parts")
+    parser.add_argument(
+        "--verify", choices=("full", "sample"), default="sample", help="decode every output frame, or some"
+    )
+    parser.add_argument("--merge", action="store_true", help="merge the finished shards of DST (one path)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _bench(args: argparse.Namespace) -> int:
     from iresvid.benchmarks.runner import run
 
@@ -145,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not their EMA")
     test.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=/data")
     test.set_defaults(func=_test)
+
+    prepare = sub.add_parser(
+        "prepare", help="verify, re-encode and index a downloaded set into a train-ready copy with a manifest"
+    )
+    _add_prepare_arguments(prepare)
+    prepare.set_defaults(func=_prepare)
 
     zoo = sub.add_parser("zoo", help="params and GFLOPs of every registered model")
     zoo.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'iresnet3d*'")

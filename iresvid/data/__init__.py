@@ -1,5 +1,6 @@
-"""Video data, the public API: frame-exact readers, real annotation formats, clip samplers, datasets,
-loaders and the CPU/device transforms a pipeline of one's own reuses.
+"""Video data, the public API: frame-exact readers, real annotation formats, the preparation of a download
+(`prepare`, `Manifest`), clip samplers, datasets, loaders and the CPU/device transforms a pipeline of one's
+own reuses.
 
 ``from iresvid.data import open_video`` etc.  Names are imported on first use, so a data-loader worker that
 imports one module does not pay for the others.
@@ -9,9 +10,11 @@ from importlib import import_module
 
 _EXPORTS = {
     "iresvid.data.video_io": (
-        "BACKENDS", "Backend", "DEFAULT_BACKEND", "FrameIndex", "VideoDecodeError", "VideoReader",
-        "clear_open_cache", "list_backends", "open_video",
+        "BACKENDS", "Backend", "DEFAULT_BACKEND", "FrameIndex", "KnownFile", "VideoDecodeError",
+        "VideoReader", "clear_open_cache", "list_backends", "open_video",
     ),
+    "iresvid.data.manifest": ("Manifest", "read_manifest"),
+    "iresvid.data.prepare": ("PrepareError", "PrepareReport", "merge_shards", "prepare"),
     "iresvid.data.annotations": (
         "Annotations", "VideoRecord", "folder_per_class", "kinetics_csv", "path_label_list",
         "read_class_index", "ucf101",
