@@ -1,6 +1,6 @@
 """Benchmarks: speed and memory goals, and the deep-network gradient claim, measured outside the unit tests.
 
-Run them with ``python tools/benchmark.py train|deep|data|soak|eval|all`` or ``iresvid bench ...``
+Run them with ``python tools/benchmark.py train|deep|data|soak|eval|prepare|all`` or ``iresvid bench ...``
 (``make bench``: all).  Every benchmark module exposes ``run(args) -> dict`` where ``args`` carries
 ``quick`` (tiny sizes, for the smoke test), ``device`` (``"cpu"`` or ``"cuda"``, already resolved) and
 ``out``.  The returned dict holds ``"config"``, ``"results"`` (a list of flat rows, printed as a table),
@@ -22,6 +22,7 @@ BENCHMARKS = {
     "data": "iresvid.benchmarks.data",
     "soak": "iresvid.benchmarks.soak",
     "eval": "iresvid.benchmarks.evaluation",
+    "prepare": "iresvid.benchmarks.prepare",
 }
 
 

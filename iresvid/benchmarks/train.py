@@ -74,13 +74,26 @@ def pytorchvideo_slow_r50(config: TrainConfig) -> nn.Module:
     )
 
 
-def training_step(
-    model: nn.Module, clips: torch.Tensor, labels: torch.Tensor, *, bf16: bool
-) -> Callable[[], None]:
-    """One SGD training step of ``model`` on a fixed batch, as a closure to time."""
+def candidate(name: str, config: TrainConfig) -> nn.Module:
+    """A fresh network of one of the compared candidates: a name of ``OURS``, or ``PEER``."""
+    if name == PEER:
+        return pytorchvideo_slow_r50(config)
+    return create_model(name, width_scale=config.width_scale)
+
+
+def random_batch(config: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded clip batch and labels every candidate trains on."""
+    generator = torch.Generator().manual_seed(0)
+    clips = torch.randn(config.input_shape, generator=generator).to(device)
+    labels = torch.randint(0, NUM_CLASSES, (config.batch,), generator=generator).to(device)
+    return clips, labels
+
+
+def sgd_step(model: nn.Module, *, bf16: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One SGD training step of ``model`` on the batch it is called with."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
-    def step() -> None:
+    def step(clips: torch.Tensor, labels: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(clips.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(clips), labels)
@@ -90,18 +103,23 @@ def training_step(
     return step
 
 
+def training_step(
+    model: nn.Module, clips: torch.Tensor, labels: torch.Tensor, *, bf16: bool
+) -> Callable[[], None]:
+    """One SGD training step of ``model`` on a fixed batch, as a closure to time."""
+    step = sgd_step(model, bf16=bf16)
+    return lambda: step(clips, labels)
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     config = config_for(device, args.quick)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    generator = torch.Generator().manual_seed(0)
-    clips = torch.randn(config.input_shape, generator=generator).to(device)
-    labels = torch.randint(0, NUM_CLASSES, (config.batch,), generator=generator).to(device)
+    clips, labels = random_batch(config, device)
 
     torch.manual_seed(0)
-    models = {name: create_model(name, width_scale=config.width_scale) for name in OURS}
-    models[PEER] = pytorchvideo_slow_r50(config)
+    models = {name: candidate(name, config) for name in (*OURS, PEER)}
     variants = dict.fromkeys(models, "eager fp32")
     steps = {
         name: training_step(model.to(device).train(), clips, labels, bf16=False)
