@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-install only when the pins or the package metadata change.
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint bench zoo clean
+.PHONY: setup test demo lint bench gpu-check zoo clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python tools/benchmark.py all --out bench_results
+
+gpu-check: setup
+	$(BIN)/python -m iresvid.benchmarks.gpu_check --out bench_results/gpu_check.json
 
 zoo: setup
 	$(BIN)/python -m iresvid.cli zoo
