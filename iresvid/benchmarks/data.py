@@ -392,6 +392,26 @@ class RawDecord:
         self.decode_s.append(time.perf_counter() - start - opening)
 
 
+def loader_candidates(
+    datasets: dict[str, ClipDataset],
+    peer_dataset,
+    workers: Sequence[int],
+    batch: int,
+    clips: int,
+    peer_name: str = PEER,
+) -> dict[tuple[str, int], Callable[[], None]]:
+    """One epoch of each of our datasets' loaders and of pytorchvideo's, at every worker count."""
+    candidates = {}
+    for w in workers:
+        for name, dataset in datasets.items():
+            ours = build_loader(dataset, batch_size=batch, shuffle=True, seed=SEED, num_workers=w)
+            candidates[name, w] = epoch_of(ours, clips)
+        # prefetch_factor stays the default, 2, as in build_loader.
+        peer = DataLoader(peer_dataset, batch_size=batch, num_workers=w, persistent_workers=w > 0)
+        candidates[peer_name, w] = epoch_of(peer, clips)
+    return candidates
+
+
 def epoch_of(loader: DataLoader, expected: int) -> Callable[[], None]:
     """One epoch of ``loader`` per call (the next epoch each time), checked to deliver ``expected`` clips."""
     epochs = itertools.count()
@@ -464,18 +484,12 @@ def measure_set(annotations: Annotations, fileset: FileSet, config: DataConfig) 
     raw = RawDecord(clip_plan(datasets[OURS], num_frames))
     peer_dataset = pytorchvideo_dataset(listed.records, config)
     candidates: dict[tuple[str, int], Callable[[], None]] = {(RAW, 0): raw}
-    for w in config.workers:
-        for loader, dataset in datasets.items():
-            ours = build_loader(dataset, batch_size=fileset.batch, shuffle=True, seed=SEED, num_workers=w)
-            candidates[loader, w] = epoch_of(ours, clips)
-        # prefetch_factor stays the default, 2, as in build_loader.
-        peer = DataLoader(peer_dataset, batch_size=fileset.batch, num_workers=w, persistent_workers=w > 0)
-        candidates[PEER, w] = epoch_of(peer, clips)
+    candidates |= loader_candidates(datasets, peer_dataset, config.workers, fileset.batch, clips)
     measured = measure_interleaved(
         {f"{name}, workers={w}": fn for (name, w), fn in candidates.items()}, CPU, **repeat
     )
     keys = list(candidates)
-    del candidates, ours, peer  # stops the persistent workers before the next set starts its own
+    del candidates  # stops the persistent workers before the next set starts its own
     timings = {(name, w): measured[f"{name}, workers={w}"] for name, w in keys}
     speed = {key: clips / m.median_s for key, m in timings.items()}
     decode_s = statistics.median(raw.decode_s[1:] or raw.decode_s)  # the first call warmed up

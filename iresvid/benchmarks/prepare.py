@@ -55,7 +55,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from iresvid.benchmarks.common import Measurement, goal, measure_interleaved
 from iresvid.benchmarks.data import (
@@ -64,15 +63,14 @@ from iresvid.benchmarks.data import (
     FileSet,
     check_traps,
     clip_plan,
-    epoch_of,
     goal_at_least,
+    loader_candidates,
     make_videos,
     pytorchvideo_dataset,
 )
 from iresvid.benchmarks.data import config_for as data_config_for
 from iresvid.data.annotations import Annotations, folder_per_class
 from iresvid.data.datasets import ClipDataset
-from iresvid.data.loader import build_loader
 from iresvid.data.manifest import Manifest, read_manifest
 from iresvid.data.prepare import PrepareOptions, prepare
 from iresvid.data.video_io import clear_open_cache, open_video
@@ -231,12 +229,7 @@ def measure(src: Path, scratch: Path, config: PrepareBenchConfig) -> dict:
     candidates: dict[tuple[str, int], Callable[[], None]] = {
         (PREPARE, cores): PrepareRuns(src, scratch, cores, len(entries))
     }
-    for w in data.workers:
-        for name, dataset in datasets.items():
-            loader = build_loader(dataset, batch_size=fileset.batch, shuffle=True, seed=SEED, num_workers=w)
-            candidates[name, w] = epoch_of(loader, clips)
-        peer = DataLoader(peer_dataset, batch_size=fileset.batch, num_workers=w, persistent_workers=w > 0)
-        candidates[PEER, w] = epoch_of(peer, clips)
+    candidates |= loader_candidates(datasets, peer_dataset, data.workers, fileset.batch, clips, PEER)
     measured = measure_interleaved(
         {f"{name}, workers={w}": fn for (name, w), fn in candidates.items()}, CPU, **repeat
     )
