@@ -229,6 +229,15 @@ def write_set_video(path: Path, fileset: FileSet, index: int, num_frames: int, f
     return time.perf_counter() - start
 
 
+def writer_pool() -> ProcessPoolExecutor:
+    """Processes that write videos, one per core, started by a fork server: a child forked from this process
+    inherits OpenBLAS's state without its threads, and `_smooth_texture`'s matrix products then spin
+    forever (seen in CI: two children at 95% CPU inside OpenBLAS's ``exec_blas``)."""
+    import multiprocessing
+
+    return ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("forkserver"))
+
+
 def make_videos(root: Path, config: DataConfig) -> dict[str, tuple[Annotations, float]]:
     """Write every set's videos, one job per video on every core; returns each set's videos and seconds.
 
@@ -237,7 +246,7 @@ def make_videos(root: Path, config: DataConfig) -> dict[str, tuple[Annotations, 
     """
     num_frames = round(config.seconds * config.fps)
     jobs: dict[str, list] = {}
-    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+    with writer_pool() as pool:
         # Largest frames first, so the long 720p jobs do not end up last on one core.
         for fileset in sorted(config.sets, key=lambda s: -s.size[0] * s.size[1]):
             jobs[fileset.name] = []

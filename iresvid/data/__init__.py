@@ -1,6 +1,6 @@
 """Video data, the public API: frame-exact readers, real annotation formats, the preparation of a download
-(`prepare`, `Manifest`), clip samplers, datasets, loaders and the CPU/device transforms a pipeline of one's
-own reuses.
+(`iresvid.data.prepare.prepare`, `Manifest`), clip samplers, datasets, loaders and the CPU/device transforms
+a pipeline of one's own reuses.
 
 ``from iresvid.data import open_video`` etc.  Names are imported on first use, so a data-loader worker that
 imports one module does not pay for the others.
@@ -14,7 +14,8 @@ _EXPORTS = {
         "VideoReader", "clear_open_cache", "list_backends", "open_video",
     ),
     "iresvid.data.manifest": ("Manifest", "read_manifest"),
-    "iresvid.data.prepare": ("PrepareError", "PrepareReport", "merge_shards", "prepare"),
+    # Not the function `prepare`: that name is the submodule's, which the import system sets on this package.
+    "iresvid.data.prepare": ("PrepareError", "PrepareReport", "merge_shards"),
     "iresvid.data.annotations": (
         "Annotations", "VideoRecord", "folder_per_class", "kinetics_csv", "path_label_list",
         "read_class_index", "ucf101",

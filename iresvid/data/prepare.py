@@ -665,7 +665,13 @@ def _run(job: _Job, videos: list[SourceVideo], previous: dict, workers: int | No
             return
         import multiprocessing
 
-        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        # Workers start from a fork server, not a fork of this process: a fork copies a multi-threaded
+        # process (tqdm's monitor, BLAS and OpenMP pools) without its threads, and a library in the child
+        # that waits on one of them never returns (the benchmarks' OpenBLAS did).
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            context.set_forkserver_preload(["iresvid.data.prepare"])  # imported once, not per worker
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
             pending = {pool.submit(prepare_video, job, v, _parsed(previous.get(v.out))) for v in videos}
             try:
