@@ -515,6 +515,7 @@ def _check_output(
     gop: int,
     verify: str,
     thumbs: dict[int, np.ndarray] | None,
+    probe_decord: bool = True,
 ):
     """Prove the file at ``path`` is the prepared video: its index (frames, size, a key frame every ``gop``),
     its frames decoding (all of them, or the sampled ones), and — at encoding time, given the thumbnails
@@ -544,7 +545,7 @@ def _check_output(
             if psnr < MIN_PSNR:
                 raise _CheckFailed(f"frame {position} of the output is {psnr:.1f} dB from its input")
     decord_exact = None
-    if BACKENDS["decord"].loads():
+    if probe_decord and BACKENDS["decord"].loads():
         with open_video(path, "decord") as probe:
             decord_exact = probe.backend == "decord"
     return index, decord_exact
@@ -557,7 +558,7 @@ def _check_finished(job: _Job, entry: dict) -> None:
     if (stat.st_size, stat.st_mtime_ns) != (entry["size"], entry["mtime_ns"]):
         raise _CheckFailed("the file changed since it was prepared")
     expected = (entry["height"], entry["width"])
-    _check_output(target, entry["frames"], expected, entry["gop"], job.verify, None)
+    _check_output(target, entry["frames"], expected, entry["gop"], job.verify, None, probe_decord=False)
 
 
 # --------------------------------------------------------------------------------------------- a run
