@@ -230,12 +230,12 @@ def write_set_video(path: Path, fileset: FileSet, index: int, num_frames: int, f
 
 
 def writer_pool() -> ProcessPoolExecutor:
-    """Processes that write videos, one per core, started by a fork server: a child forked from this process
-    inherits OpenBLAS's state without its threads, and `_smooth_texture`'s matrix products then spin
-    forever (seen in CI: two children at 95% CPU inside OpenBLAS's ``exec_blas``)."""
+    """Processes that write videos, one per core, each a fresh interpreter: a forked child (a fork server's
+    too, once it imported numpy) inherits OpenBLAS's state without its threads, and `_smooth_texture`'s
+    matrix products then spin forever (seen in CI: two children at 95% CPU inside ``exec_blas``)."""
     import multiprocessing
 
-    return ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("forkserver"))
+    return ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"))
 
 
 def make_videos(root: Path, config: DataConfig) -> dict[str, tuple[Annotations, float]]:

@@ -666,13 +666,10 @@ def _run(job: _Job, videos: list[SourceVideo], previous: dict, workers: int | No
             return
         import multiprocessing
 
-        # Workers start from a fork server, not a fork of this process: a fork copies a multi-threaded
-        # process (tqdm's monitor, BLAS and OpenMP pools) without its threads, and a library in the child
-        # that waits on one of them never returns (the benchmarks' OpenBLAS did).
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        if method == "forkserver":
-            context.set_forkserver_preload(["iresvid.data.prepare"])  # imported once, not per worker
+        # Fresh interpreters, not forks: a fork (a fork server's too, once it imported numpy) copies a
+        # process without its threads, and a library that then waits on its thread pool never returns
+        # (CI saw OpenBLAS spin forever in forked children).  Starting them costs a few seconds per run.
+        context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
             pending = {pool.submit(prepare_video, job, v, _parsed(previous.get(v.out))) for v in videos}
             try:
