@@ -191,21 +191,23 @@ def _smooth_texture(rng: np.random.Generator, height: int, width: int) -> np.nda
     cells = max(2, min(height, width) // 10)
     shape = (math.ceil(height / cells) + 2, math.ceil(width / cells) + 2, 3)
     grid = rng.uniform(30, 225, shape).astype(np.float32)
-    # Separable linear upsampling of the coarse grid: two small matrix products per channel.
-    rows, cols = _interpolation(height, grid.shape[0]), _interpolation(width, grid.shape[1])
-    blobs = np.einsum("hg,gfc,wf->hwc", rows, grid, cols, optimize=True)
+    # Separable linear upsampling of the coarse grid, by gathering neighbours (no BLAS: a multi-threaded
+    # OpenBLAS product hung for good in the video-writing workers in CI, its main thread spinning in
+    # exec_blas while its one worker thread slept).
+    low, weight = _interpolation(height, grid.shape[0])
+    grid = grid[low] * (1 - weight)[:, None, None] + grid[low + 1] * weight[:, None, None]  # (H, cols, 3)
+    low, weight = _interpolation(width, grid.shape[1])
+    blobs = grid[:, low] * (1 - weight)[None, :, None] + grid[:, low + 1] * weight[None, :, None]
     grain = rng.normal(0, 10, (height, width, 1)).astype(np.float32)
     return np.clip(blobs + grain, 0, 255).astype(np.uint8)
 
 
-def _interpolation(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) linear-interpolation weights from a coarse grid of n_in samples onto n_out."""
+def _interpolation(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation from a coarse grid of n_in samples onto n_out: each output's lower neighbour and
+    the weight of the upper one."""
     position = np.linspace(0, n_in - 1, n_out)
     low = np.minimum(position.astype(int), n_in - 2)
-    weights = np.zeros((n_out, n_in), np.float32)
-    weights[np.arange(n_out), low] = 1 - (position - low)
-    weights[np.arange(n_out), low + 1] = position - low
-    return weights
+    return low, (position - low).astype(np.float32)
 
 
 def video_label(index: int) -> int:
@@ -229,15 +231,6 @@ def write_set_video(path: Path, fileset: FileSet, index: int, num_frames: int, f
     return time.perf_counter() - start
 
 
-def writer_pool() -> ProcessPoolExecutor:
-    """Processes that write videos, one per core, each a fresh interpreter: a forked child (a fork server's
-    too, once it imported numpy) inherits OpenBLAS's state without its threads, and `_smooth_texture`'s
-    matrix products then spin forever (seen in CI: two children at 95% CPU inside ``exec_blas``)."""
-    import multiprocessing
-
-    return ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"))
-
-
 def make_videos(root: Path, config: DataConfig) -> dict[str, tuple[Annotations, float]]:
     """Write every set's videos, one job per video on every core; returns each set's videos and seconds.
 
@@ -246,7 +239,7 @@ def make_videos(root: Path, config: DataConfig) -> dict[str, tuple[Annotations, 
     """
     num_frames = round(config.seconds * config.fps)
     jobs: dict[str, list] = {}
-    with writer_pool() as pool:
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
         # Largest frames first, so the long 720p jobs do not end up last on one core.
         for fileset in sorted(config.sets, key=lambda s: -s.size[0] * s.size[1]):
             jobs[fileset.name] = []

@@ -62,13 +62,14 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from iresvid.benchmarks.common import environment, measure_interleaved, synchronize
-from iresvid.benchmarks.data import CLASSES, FileSet, epoch_of, video_label, write_set_video, writer_pool
+from iresvid.benchmarks.data import CLASSES, FileSet, epoch_of, video_label, write_set_video
 from iresvid.benchmarks.train import OURS, PEER, TrainConfig, candidate, random_batch, sgd_step
 from iresvid.benchmarks.train import config_for as train_config_for
 from iresvid.data.annotations import Annotations, folder_per_class
@@ -179,7 +180,7 @@ def write_raw_set(root: Path, config: CheckConfig) -> None:
     paths = [
         root / CLASSES[video_label(i)].replace(" ", "_") / f"{i:03d}.mp4" for i in range(config.raw.videos)
     ]
-    with writer_pool() as pool:
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
         jobs = [
             pool.submit(write_set_video, p, config.raw, i, frames, config.fps) for i, p in enumerate(paths)
         ]

@@ -666,9 +666,9 @@ def _run(job: _Job, videos: list[SourceVideo], previous: dict, workers: int | No
             return
         import multiprocessing
 
-        # Fresh interpreters, not forks: a fork (a fork server's too, once it imported numpy) copies a
-        # process without its threads, and a library that then waits on its thread pool never returns
-        # (CI saw OpenBLAS spin forever in forked children).  Starting them costs a few seconds per run.
+        # Fresh interpreters, not forks: a fork copies this multi-threaded process (tqdm's monitor, torch's
+        # and BLAS's pools) without its threads, which Python 3.12 warns of and 3.14 no longer does by
+        # default.  Starting them costs a few seconds per run.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
             pending = {pool.submit(prepare_video, job, v, _parsed(previous.get(v.out))) for v in videos}
