@@ -203,15 +203,16 @@ def test_wrong_architecture_names_the_keys(tmp_path):
     assert "layer2.0.downsample" in message  # resnet18's strided-conv shortcut vs iresnet18's max-pool + conv
 
 
-def test_wrong_number_of_classes_is_refused_with_the_fine_tuning_recipe(tmp_path):
+def test_another_number_of_classes_drops_the_classifier_in_one_call(tmp_path, caplog):
     path = tmp_path / "k400.pth"
-    torch.save(iresvid.create_model("iresnet3d18", width_scale=0.125).state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"fc\.weight.*\(400, 64\).*\(101, 64\)") as err:
-        iresvid.create_model("iresnet3d18", width_scale=0.125, num_classes=101, pretrained=str(path))
-    assert "reset_classifier" in str(err.value)
-    model = iresvid.create_model("iresnet3d18", width_scale=0.125, pretrained=str(path))
-    model.reset_classifier(101)
+    source = iresvid.create_model("iresnet3d18", width_scale=0.125)
+    torch.save(source.state_dict(), path)
+    with caplog.at_level("INFO", logger="iresvid.models.weights"):
+        model = iresvid.create_model("iresnet3d18", width_scale=0.125, num_classes=101, pretrained=str(path))
+    dropped = [r.getMessage() for r in caplog.records if "classifier" in r.getMessage()]
+    assert len(dropped) == 1 and "k400.pth" in dropped[0] and "400" in dropped[0] and "101" in dropped[0]
     assert model(torch.randn(1, 3, 2, 32, 32)).shape == (1, 101)
+    torch.testing.assert_close(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
     # num_classes=0 (a backbone) ignores the classifier
     backbone = iresvid.create_model("iresnet3d18", width_scale=0.125, num_classes=0, pretrained=str(path))
     assert backbone(torch.randn(1, 3, 2, 32, 32)).shape == (1, 64)

@@ -113,7 +113,9 @@ def extract_features(
             if level == "pooled":
                 out = [model.forward_head(model.forward_features(x), pre_logits=True)]
             else:
-                maps = model.forward_intermediates(x)
+                levels = sorted(indices)  # timm's contract: maps come in network order
+                taken = model.forward_intermediates(x, levels, stop_early=True, intermediates_only=True)
+                maps = dict(zip(levels, taken, strict=True))
                 out = [maps[i] if keep_spatial else maps[i].flatten(2).mean(-1) for i in indices]
         return [o.float().cpu() for o in out]
 

@@ -23,10 +23,10 @@ is ``bn2`` in basic and ``bn3`` in bottleneck blocks, ``downsample``), so their 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from iresvid.models.layers import SqueezeExcite, conv, max_pool, norm
@@ -122,8 +122,10 @@ class ResidualBlock(nn.Module):
         temporal_kernels: tuple[int, ...] | None = None,
         downsample: nn.Module | None = None,
         se_reduction: int | None = None,
+        act_layer: Callable[[], nn.Module] = nn.ReLU,
     ):
         super().__init__()
+        self.act = act_layer()  # no parameters: checkpoint keys are unchanged
         self.role = role.name
         self.pre_relu = role.pre_relu
         self.norm_before_add = role.norm_before_add
@@ -155,11 +157,11 @@ class ResidualBlock(nn.Module):
         if self.pre_relu:
             # The official code applies an in-place ReLU to the block input here, after `identity = x` has
             # aliased it, so the identity path carries ReLU(x) as well.  Its weights depend on this.
-            x = F.relu(x)
+            x = self.act(x)
         identity = x
         out = x
         if self.bn0 is not None:
-            out = F.relu(self.bn0(x))
+            out = self.act(self.bn0(x))
         if self.downsample is not None:
             # A pre-activation block projects the pre-activated input (ResNet v2); otherwise out is x.
             identity = self.downsample(out)
@@ -173,7 +175,7 @@ class ResidualBlock(nn.Module):
         if self.norm_after_add:
             out = last_norm(out)
         if self.relu_after_add:
-            out = F.relu(out)
+            out = self.act(out)
         return out
 
 
@@ -192,7 +194,7 @@ class BasicBlock(ResidualBlock):
         self.conv2 = conv(dims, width, out_channels, (kt2, 3))
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.bn1(self.conv1(x))))
+        return self.conv2(self.act(self.bn1(self.conv1(x))))
 
 
 class Bottleneck(ResidualBlock):
@@ -215,8 +217,8 @@ class Bottleneck(ResidualBlock):
         self.conv3 = conv(dims, width, out_channels, (kt3, 1))
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
         return self.conv3(out)
 
 

@@ -12,18 +12,26 @@ import dataclasses
 import difflib
 import fnmatch
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 from torch import nn
 
+from iresvid.models.features import FeatureExtractor, take_indices
 from iresvid.models.resnet import ResNet, ResNetSpec, cifar_spec, resgroup_spec, resnet_spec
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# Kinetics models in SlowFast / pytorchvideo normalise with these.
-KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+from iresvid.models.weights import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    KINETICS_MEAN,
+    KINETICS_STD,
+    load_pretrained,
+    open_checkpoint,
+    registered_file,
+)
 
 DEFAULT_CFG = {
     "imagenet": dict(input_size=(3, 224, 224), num_classes=1000, mean=IMAGENET_MEAN, std=IMAGENET_STD),
@@ -54,6 +62,7 @@ class ModelEntry:
     depth: int | None  # None: the family builder, which takes ``depth=``
     dims: int
     default_cfg: dict = field(default_factory=dict)
+    builder: Callable[..., nn.Module] | None = None  # a model added with `register_model`
 
     def spec(self, depth: int | None) -> ResNetSpec:
         depth = depth if depth is not None else self.depth or self.family.default_depth
@@ -151,13 +160,62 @@ def get_model_entry(name: str) -> ModelEntry:
     return entry
 
 
+def register_model(name_or_builder=None, builder: Callable[..., nn.Module] | None = None, **entry_options):
+    """Add a model to the registry: ``register_model("name", fn)``, ``@register_model`` or
+    ``@register_model("name")``.
+
+    ``fn(**kwargs)`` returns the model; `create_model` passes it ``num_classes`` and any other keywords,
+    and then applies ``pretrained`` and ``features_only`` as for every entry (the model needs the
+    `ResNet` interface for those).  Options: ``dims`` (2 or 3, default 2), ``default_cfg`` (mean, std,
+    input_size, num_classes; default the ImageNet or Kinetics one), ``description``.  A name already
+    registered is refused.
+    """
+    if callable(name_or_builder) and builder is None:  # @register_model
+        return _register_builder(name_or_builder.__name__, name_or_builder, **entry_options)
+    if builder is not None:  # register_model("name", fn)
+        return _register_builder(name_or_builder, builder, **entry_options)
+
+    def decorate(fn):  # @register_model("name") or @register_model()
+        return _register_builder(name_or_builder or fn.__name__, fn, **entry_options)
+
+    return decorate
+
+
+def _register_builder(
+    name: str,
+    builder: Callable[..., nn.Module],
+    *,
+    dims: int = 2,
+    default_cfg: dict | None = None,
+    description: str = "",
+) -> Callable[..., nn.Module]:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_model needs a model name (a non-empty str), got {name!r}")
+    if not callable(builder):
+        raise TypeError(f"register_model({name!r}, builder): builder must be callable, got {builder!r}")
+    if name in _MODELS or name in _BUILDERS:
+        raise ValueError(
+            f"model {name!r} is already registered; pick another name (see iresvid.list_models())"
+        )
+    if dims not in (2, 3):
+        raise ValueError(f"register_model({name!r}): dims must be 2 or 3, got {dims!r}")
+    cfg = dict(DEFAULT_CFG["kinetics" if dims == 3 else "imagenet"], **(default_cfg or {}))
+
+    def no_spec(depth: int) -> ResNetSpec:
+        raise TypeError(f"{name!r} was added with register_model: it has no family spec")
+
+    family = Family(name, no_spec, (), dims=(dims,), description=description or name)
+    _MODELS[name] = ModelEntry(name, family, None, dims, cfg, builder=builder)
+    return builder
+
+
 def create_model(
     name: str,
     *,
-    pretrained: str | None = None,
+    pretrained: bool | str | os.PathLike | None = None,
     num_classes: int | None = None,
     features_only: bool = False,
-    out_indices: Sequence[int] | None = None,
+    out_indices: int | Sequence[int] | None = None,
     depth: int | None = None,
     width_scale: float = 1.0,
     inflate_init: str = "center",
@@ -167,19 +225,46 @@ def create_model(
 
     Args:
         name: a registry name (``list_models()``) or a family builder (``list_families()``) with ``depth``.
-        pretrained: path to a checkpoint to load: official iResNet / torchvision / pytorchvideo state dicts
-            or our own training checkpoints; a 2D checkpoint into a 3D model is inflated (``inflate_init``
-            "center" or "average").  See `iresvid.models.weights`.
-        num_classes: classifier size (default: the dataset of the model's default config); 0 returns pooled
-            features.  With ``pretrained`` it must match the checkpoint: to fine-tune, load, then call
-            ``model.reset_classifier(n)``.
-        features_only: return a `FeatureExtractor` giving the maps of ``out_indices`` (0 = stem,
-            k = stage k; default all).
+        pretrained: False / None: random init.  A path: a checkpoint to load (official iResNet /
+            torchvision / pytorchvideo state dicts or our own training checkpoints); a 2D checkpoint into
+            a 3D model is inflated (``inflate_init`` "center" or "average").  True: the local file the
+            weights table (`iresvid.models.register_weights`) holds for ``name``; none ship, so without one
+            it is a `CheckpointError` saying how to pass a file.  What was loaded (file, sha256, source,
+            inflation, the mean/std the weights expect) is recorded in ``model.pretrained_cfg``.
+        num_classes: classifier size (default: the checkpoint's, else the model's default dataset's); 0
+            returns pooled features.  When it differs from the checkpoint's, the checkpoint's classifier
+            is dropped for a fresh one (fine-tuning in one call: the same as loading, then
+            ``model.reset_classifier(num_classes)``).
+        features_only: return a `FeatureExtractor` giving the maps of ``out_indices`` (0 = stem before
+            its max-pool, k = stage k; default all; an int n: the last n); stages after the last one asked
+            for and the head are removed from the model built.
         width_scale: shrink every width (tests, demos); channels per group are kept.
         overrides: `ResNet` arguments (``inflate``, ``temporal_strides``, ``drop_rate``, ``frozen_stages``…)
             or `ResNetSpec` fields (``layers``, ``se_reduction``…).
     """
     entry = get_model_entry(name)
+    if pretrained is True:
+        pretrained = registered_file(name)
+    checkpoint = open_checkpoint(pretrained) if pretrained not in (None, False) else None
+    build_classes = num_classes
+    if checkpoint is not None and checkpoint.num_classes is not None and num_classes != 0:
+        # Built with the checkpoint's classifier, loaded, then given a fresh one if another size is asked
+        # for: exactly load-then-reset_classifier, random state included.
+        build_classes = checkpoint.num_classes
+        num_classes = build_classes if num_classes is None else num_classes
+    if entry.builder is not None:
+        model = _build_registered(entry, build_classes, depth, width_scale, overrides)
+    else:
+        model = _build_family(entry, build_classes, depth, width_scale, overrides)
+    if checkpoint is not None:
+        load_pretrained(model, checkpoint, inflate_init=inflate_init, num_classes=num_classes)
+    if features_only:
+        return _features_only(model, out_indices)
+    return model
+
+
+def _build_family(entry: ModelEntry, num_classes, depth, width_scale, overrides) -> ResNet:
+    name = entry.name
     if depth is not None and entry.depth is not None:
         raise TypeError(
             f"'{name}' already has a depth ({entry.depth}); give depth= to a family builder "
@@ -205,38 +290,55 @@ def create_model(
     if num_classes is None:
         num_classes = entry.default_cfg["num_classes"]
     model = ResNet(spec, dims=entry.dims, num_classes=num_classes, **overrides)
-    model.pretrained_cfg = dict(entry.default_cfg, architecture=name, num_classes=num_classes)
-    if pretrained is not None:
-        from iresvid.models.weights import load_pretrained
-
-        load_pretrained(model, pretrained, inflate_init=inflate_init)
-    if features_only:
-        return FeatureExtractor(model, out_indices)
+    model.pretrained_cfg = _default_pretrained_cfg(entry, num_classes)
     return model
 
 
-class FeatureExtractor(nn.Module):
-    """A backbone returning a list of feature maps (timm's ``features_only``): 0 = stem, k = stage k."""
+def _build_registered(entry: ModelEntry, num_classes, depth, width_scale, overrides) -> nn.Module:
+    kwargs = dict(overrides)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if depth is not None:
+        kwargs["depth"] = depth
+    if width_scale != 1.0:
+        kwargs["width_scale"] = width_scale
+    model = entry.builder(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"the builder registered as {entry.name!r} returned {type(model).__name__}, not a Module"
+        )
+    classes = getattr(
+        model, "num_classes", num_classes if num_classes is not None else entry.default_cfg["num_classes"]
+    )
+    cfg = _default_pretrained_cfg(entry, classes)
+    model.pretrained_cfg = {**cfg, **getattr(model, "pretrained_cfg", {}), "architecture": entry.name}
+    return model
 
-    def __init__(self, model: ResNet, out_indices: Sequence[int] | None = None):
-        super().__init__()
-        num_levels = len(model.feature_info)
-        out_indices = tuple(range(num_levels) if out_indices is None else out_indices)
-        bad = [i for i in out_indices if not -num_levels <= i < num_levels]
-        if bad:
-            raise ValueError(
-                f"out_indices {bad} out of range: this model has {num_levels} feature levels "
-                f"(0 = stem, 1..{num_levels - 1} = stages)"
-            )
-        self.out_indices = tuple(i % num_levels for i in out_indices)
-        model.reset_classifier(0)
-        model.final_norm = None  # a pre-activation net's final BN belongs to the head path
-        self.model = model
-        self.feature_info = [model.feature_info[i] for i in self.out_indices]
 
-    def forward(self, x):
-        features = self.model.forward_intermediates(x)
-        return [features[i] for i in self.out_indices]
+def _default_pretrained_cfg(entry: ModelEntry, num_classes: int) -> dict:
+    # timm's keys: the first conv (for in_chans adaptation), the classifier (for heads), the dataset's
+    # statistics; `load_pretrained` replaces them with what the loaded weights expect.
+    return dict(
+        entry.default_cfg,
+        architecture=entry.name,
+        num_classes=num_classes,
+        first_conv="conv1",
+        classifier="fc",
+        file=None,
+        sha256=None,
+        source=None,
+        inflated_from=None,
+        inflate_init=None,
+    )
+
+
+def _features_only(model: nn.Module, out_indices) -> FeatureExtractor:
+    """The model built for ``features_only``: the stages after the last level asked for, the final norm and
+    the head are removed (they would be dead parameters); other models are never changed."""
+    levels, _ = take_indices(len(model.feature_info), out_indices)  # absolute: pruning shortens the list
+    if hasattr(model, "prune_intermediate_layers"):
+        model.prune_intermediate_layers(levels, prune_norm=True, prune_head=True)
+    return FeatureExtractor(model, levels)
 
 
 def _natural_key(name: str) -> list:

@@ -8,7 +8,7 @@ with a temporal kernel per conv chosen by the inflation pattern, so 2D checkpoin
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from iresvid.models.blocks import BLOCKS, ResidualBlock, make_shortcut, stage_roles
-from iresvid.models.layers import check_dims, conv, max_pool, norm
+from iresvid.models.features import FeatureInfo, take_indices
+from iresvid.models.layers import check_dims, conv, get_act_layer, max_pool, norm, replace_norms
 
 # ---------------------------------------------------------------------------------------------- specs
 
@@ -224,13 +225,17 @@ class ResNet(nn.Module):
 
     Input ``(N, C, H, W)`` or ``(N, C, T, H, W)``.  Module names follow torchvision and the official iResNet
     code (``conv1``, ``bn1``, ``layer1``…, ``fc``).  The interface is timm's: `forward_features`,
-    `forward_head`, `reset_classifier`, `feature_info`, `forward_intermediates` (used by ``features_only``).
+    `forward_head`, `reset_classifier`, `feature_info` (a `FeatureInfo`), `forward_intermediates` and
+    `prune_intermediate_layers` (used by ``features_only``).
 
     3D knobs: ``inflate`` (see `block_temporal_kernels`), ``stem_temporal_kernel`` (default per pattern),
     ``temporal_strides`` per stage (default 1: the clip length is kept to the head, as in Slow-only R50).
     Backbone knobs: ``frozen_stages`` (−1 none, 0 stem, k stem + stages 1..k), ``norm_eval`` (BN layers stay
     in eval mode while training, for small-batch fine-tuning), ``zero_init_last`` (each residual branch
-    starts at zero, so every block starts as the identity).
+    starts at zero, so every block starts as the identity), ``norm_layer`` ("batchnorm", "frozen_batchnorm"
+    (fixed statistics, loads BatchNorm checkpoints exactly), "groupnorm", or a callable taking the channels;
+    module names are kept) and ``act_layer`` ("relu", "silu", "gelu" or a Module class; parameterless, so
+    checkpoints still load, though only ReLU reproduces their logits).
     """
 
     def __init__(
@@ -248,8 +253,11 @@ class ResNet(nn.Module):
         frozen_stages: int = -1,
         norm_eval: bool = False,
         zero_init_last: bool = False,
+        norm_layer: str | Callable[[int], nn.Module] = "batchnorm",
+        act_layer: str | Callable[[], nn.Module] = "relu",
     ):
         super().__init__()
+        act_layer = get_act_layer(act_layer)
         self.spec = spec
         self.dims = check_dims(dims)
         self.inflate = inflate if dims == 3 else "c2d"
@@ -265,8 +273,8 @@ class ResNet(nn.Module):
         self.norm_eval = norm_eval
         self.grad_checkpointing = False
 
-        # --- stem: names as in torchvision (conv1, bn1, maxpool); pre-activation nets leave the norm and
-        # ReLU to their first block.
+        # --- stem: names as in torchvision / timm (conv1, bn1, act1, maxpool); pre-activation nets leave the
+        # norm and ReLU to their first block.  ``act1`` has no parameters: checkpoint keys are unchanged.
         kernel = 3 if spec.stem == "conv3" else 7
         stem_stride = 1 if spec.stem == "conv3" else 2
         self.conv1 = conv(
@@ -277,15 +285,21 @@ class ResNet(nn.Module):
             (stem_temporal_stride, stem_stride),
         )
         self.bn1 = norm(dims, spec.stem_width) if spec.roles != "preact" else None
+        self.act1 = act_layer() if self.bn1 is not None else None
         self.maxpool = max_pool(dims, (1, 3), (1, 2)) if spec.stem == "conv7_pool" else None
-        reduction = stem_stride * (2 if self.maxpool is not None else 1)
-        self.feature_info = [
-            dict(
-                num_chs=spec.stem_width,
-                reduction=reduction,
-                module="conv1" if self.bn1 is None else "bn1" if self.maxpool is None else "maxpool",
-            )
-        ]
+        # Level 0 is the stem's activation before the max-pool, as in timm's ResNet (reduction 2).
+        reduction = stem_stride
+        self.feature_info = FeatureInfo(
+            [
+                dict(
+                    num_chs=spec.stem_width,
+                    reduction=reduction,
+                    module="conv1" if self.act1 is None else "act1",
+                )
+            ]
+        )
+        if self.maxpool is not None:
+            reduction *= 2
 
         # --- stages
         # C2D stays a per-frame network: its max-pool shortcuts do not pool over time either.
@@ -315,6 +329,7 @@ class ResNet(nn.Module):
                         ),
                         downsample=shortcut,
                         se_reduction=spec.se_reduction,
+                        act_layer=act_layer,
                     )
                 )
                 channels = out
@@ -326,11 +341,14 @@ class ResNet(nn.Module):
 
         # Pre-activation nets end on a BN → ReLU (their last block adds without normalising).
         self.final_norm = norm(dims, channels) if spec.roles == "preact" else None
+        self.final_act = act_layer() if self.final_norm is not None else None
         self.num_features = channels
         self.drop_rate = drop_rate
         self.fc = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
         self.num_classes = num_classes
         self._init_weights(zero_init_last)
+        # Other norms take the BatchNorms' places (and names), after their init: keys stay the official ones.
+        replace_norms(self, norm_layer)
         self._freeze_stages()
 
     def _init_weights(self, zero_init_last: bool) -> None:
@@ -381,19 +399,24 @@ class ResNet(nn.Module):
 
     # ------------------------------------------------------------------------------------- forward
 
-    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        expected = self.dims + 2
-        if x.ndim != expected:
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != self.dims + 2:
             layout = "(N, C, H, W)" if self.dims == 2 else "(N, C, T, H, W)"
             raise ValueError(
                 f"{type(self).__name__} ({self.dims}D) expects a {layout} input, got shape {tuple(x.shape)}"
             )
+
+    def _stem_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature level 0: the stem before its max-pool."""
+        self._check_input(x)
         x = self.conv1(x)
         if self.bn1 is not None:
-            x = F.relu(self.bn1(x))
-        if self.maxpool is not None:
-            x = self.maxpool(x)
+            x = self.act1(self.bn1(x))
         return x
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._stem_features(x)
+        return self.maxpool(x) if self.maxpool is not None else x
 
     def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -402,21 +425,76 @@ class ResNet(nn.Module):
             return x
         return stage(x)
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Stem output, then every stage's output (the maps `feature_info` describes, in order)."""
-        x = self.forward_stem(x)
-        features = [x]
-        for name in self.stage_names:
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str | None = None,
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's contract: ``(final features, [maps of the levels in indices])``, or only the list.
+
+        Levels as `feature_info` (0 = stem before its max-pool, k = stage k); ``indices`` is None (all), an
+        int n (the last n) or a sequence; maps come in network order.  ``stop_early`` skips the stages past
+        the last level taken (the final features are then that stage's output).  ``norm`` applies a
+        pre-activation net's final BN → ReLU to the last stage's map.  ``output_fmt``: "NCHW" (2D) or
+        "NCTHW" (3D), the only layouts.
+        """
+        expected = "NCHW" if self.dims == 2 else "NCTHW"
+        if output_fmt not in (None, expected):
+            raise ValueError(
+                f"output_fmt must be {expected!r} for this {self.dims}D model, got {output_fmt!r}"
+            )
+        take, last = take_indices(len(self.feature_info), indices)
+        intermediates = []
+        x = self._stem_features(x)
+        if 0 in take:
+            intermediates.append(x)
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        stages = self.stage_names[:last] if stop_early else self.stage_names
+        for level, name in enumerate(stages, 1):
             x = self._run_stage(getattr(self, name), x)
-            features.append(x)
-        return features
+            if level in take:
+                if norm and level == len(self.stage_names) and self.final_norm is not None:
+                    intermediates.append(self.final_act(self.final_norm(x)))
+                else:
+                    intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == len(self.stage_names) and self.final_norm is not None:
+            x = self.final_act(self.final_norm(x))
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Remove the stages past the last level in ``indices`` (and the head, the final norm): timm's API.
+
+        Returns the levels kept.  The model then has fewer feature levels; its state dict loses those keys.
+        """
+        take, last = take_indices(len(self.feature_info), indices)
+        for name in self.stage_names[last:]:
+            delattr(self, name)
+        pruned_stages = last < len(self.stage_names)
+        self.stage_names = self.stage_names[:last]
+        self.feature_info = FeatureInfo(self.feature_info[: last + 1])
+        if pruned_stages:
+            self.num_features = self.feature_info[-1]["num_chs"]
+        if prune_norm or pruned_stages:  # the final norm fits only the last stage's channels
+            self.final_norm = self.final_act = None
+        if prune_head or pruned_stages:
+            self.reset_classifier(0)
+        return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)
         for name in self.stage_names:
             x = self._run_stage(getattr(self, name), x)
         if self.final_norm is not None:
-            x = F.relu(self.final_norm(x))
+            x = self.final_act(self.final_norm(x))
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -11,15 +11,24 @@ Sources recognised from the keys, after unwrapping ``{"state_dict": …}`` / ``{
   on every slice, as in I3D).
 
 Checkpoints are read with ``torch.load(weights_only=True)``: a file that needs arbitrary code to unpickle
-is refused.  A checkpoint that does not fit the model is refused naming the first mismatching keys.
+is refused.  A checkpoint that does not fit the model is refused naming the first mismatching keys; one
+whose only difference is the classifier's number of classes has its classifier dropped (fine-tuning).
+
+What was loaded is recorded on ``model.pretrained_cfg``: file, sha256, the source layout it was converted
+from, the inflation, and the normalisation the weights expect.  A small local table (`register_weights`,
+keyed by the file's sha256) states those facts for known files; it is empty by default (no weights ship
+and nothing is downloaded) and ``create_model(name, pretrained=True)`` consults it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,12 +37,132 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 INFLATE_INITS = ("center", "average")
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Kinetics models in SlowFast / pytorchvideo normalise with these.
+KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+# The layouts a checkpoint can come in; what `pretrained_cfg["source"]` says.
+SOURCES = {
+    "official_iresnet": "official iduta/iresnet code (ResNet, ResStage, iResNet, ResGroup families)",
+    "torchvision": "torchvision ResNet / ResNeXt (same key names as the official ResNet-50)",
+    "pytorchvideo": "pytorchvideo create_resnet (e.g. slow_r50), keys renamed",
+    "iresvid": "this package's own models or training checkpoints",
+}
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for this model; the message names the file and the keys."""
+
+
+# ------------------------------------------------------------------------------------ weights table
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """What is known about one weights file, keyed by its sha256."""
+
+    sha256: str
+    architectures: tuple[str, ...]  # registry names the weights are for
+    source: str  # a key of SOURCES
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    input_size: tuple[int, ...]
+    inflated_from: str | None = None  # the 2D architecture a 3D file was inflated from
+    file: str | None = None  # a local copy; ``pretrained=True`` loads it
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+_WEIGHTS: dict[str, WeightsEntry] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def register_weights(
+    file: str | os.PathLike | None = None,
+    *,
+    architecture: str | Sequence[str],
+    source: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_classes: int,
+    input_size: Sequence[int],
+    sha256: str | None = None,
+    inflated_from: str | None = None,
+    description: str = "",
+) -> WeightsEntry:
+    """Record the facts of a weights file in the local table, keyed by its sha256 (give ``file``, ``sha256``
+    or both).
+
+    With ``file``, ``create_model(architecture, pretrained=True)`` loads it; any load of a file with this
+    sha256 records these facts (source, mean/std…) on the model's ``pretrained_cfg``.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown weights source {source!r}; expected one of {sorted(SOURCES)}")
+    if file is None and sha256 is None:
+        raise ValueError("register_weights needs the file, its sha256, or both")
+    if file is not None:
+        actual = file_sha256(file)
+        if sha256 is not None and sha256 != actual:
+            raise CheckpointError(f"{file}: sha256 is {actual}, not the {sha256} given")
+        sha256 = actual
+    architectures = (architecture,) if isinstance(architecture, str) else tuple(architecture)
+    entry = WeightsEntry(
+        sha256=sha256,
+        architectures=architectures,
+        source=source,
+        mean=tuple(mean),
+        std=tuple(std),
+        num_classes=num_classes,
+        input_size=tuple(input_size),
+        inflated_from=inflated_from,
+        file=None if file is None else str(file),
+        description=description,
+    )
+    _WEIGHTS[sha256] = entry
+    return entry
+
+
+def unregister_weights(sha256: str) -> None:
+    _WEIGHTS.pop(sha256, None)
+
+
+def registered_weights(architecture: str | None = None) -> list[WeightsEntry]:
+    """The table's entries, or those for one registry name."""
+    return [e for e in _WEIGHTS.values() if architecture is None or architecture in e.architectures]
+
+
+def registered_file(architecture: str) -> str:
+    """The local file ``pretrained=True`` loads for ``architecture``, else a `CheckpointError` saying why."""
+    entries = registered_weights(architecture)
+    found = [e for e in entries if e.file is not None and Path(e.file).is_file()]
+    if found:
+        return found[0].file
+    if entries:
+        listed = "; ".join(
+            f"sha256 {e.sha256[:12]}… ({e.source}{', file ' + e.file + ' is missing' if e.file else ''})"
+            for e in entries
+        )
+        known = f"weights registered locally for it: {listed}, none with a local file"
+    else:
+        known = "no weights are registered locally for it (none ship with iresvid, and nothing is downloaded)"
+    raise CheckpointError(
+        f"pretrained=True for {architecture!r}: {known}. Pass a checkpoint file instead: "
+        f'create_model({architecture!r}, pretrained="path/to/file.pth") (official iResNet, torchvision, '
+        f"pytorchvideo or iresvid checkpoints), or register one with "
+        f'iresvid.models.register_weights("path/to/file.pth", architecture={architecture!r}, ...)'
+    )
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -145,9 +274,16 @@ def _is_classifier(key: str) -> bool:
     return key.startswith("fc.")
 
 
-def check_fits(state: dict[str, torch.Tensor], model: nn.Module, source: str) -> None:
-    """Raise `CheckpointError` naming the first missing, unexpected and mis-shaped keys, if any."""
+def check_fits(
+    state: dict[str, torch.Tensor], model: nn.Module, source: str, *, ignore_classifier: bool = False
+) -> None:
+    """Raise `CheckpointError` naming the first missing, unexpected and mis-shaped keys, if any.
+
+    ``ignore_classifier``: the model's classifier is not expected in ``state`` (it is a fresh one).
+    """
     expected = model.state_dict()
+    if ignore_classifier:
+        expected = {k: v for k, v in expected.items() if not _is_classifier(k)}
     # BN counters are bookkeeping, absent from old checkpoints; they never change a logit.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
@@ -170,30 +306,141 @@ def check_fits(state: dict[str, torch.Tensor], model: nn.Module, source: str) ->
             parts.append(f"  {label}: {', '.join(items[:5])}{more}")
     if shapes and all(_is_classifier(s.split(":")[0]) for s in shapes) and not (missing or unexpected):
         parts.append(
-            "  only the classifier differs: build the model with the checkpoint's num_classes, load, "
-            "then call model.reset_classifier(num_classes) to fine-tune"
+            "  only the classifier differs: create_model(..., pretrained=path, num_classes=N) drops the "
+            "checkpoint's classifier; or load, then call model.reset_classifier(num_classes) to fine-tune"
         )
     raise CheckpointError("\n".join(parts))
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike, *, inflate_init: str = "center") -> None:
+@dataclass
+class Checkpoint:
+    """A checkpoint file, read, unwrapped and renamed to our keys, with what is known about it."""
+
+    path: Path
+    sha256: str
+    state: dict[str, torch.Tensor]
+    source: str | None  # known from the file (pytorchvideo keys, our training checkpoint, the table)
+    entry: WeightsEntry | None  # the weights table's facts about this file
+
+    @property
+    def num_classes(self) -> int | None:
+        weight = self.state.get("fc.weight")
+        return weight.shape[0] if weight is not None and weight.ndim == 2 else None
+
+    @property
+    def dims(self) -> int | None:
+        weight = self.state.get("conv1.weight")
+        return weight.ndim - 2 if weight is not None else None
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint file for `load_pretrained` (before the model exists: its class count, its layout)."""
+    raw = read_checkpoint(path)
+    state = extract_state_dict(raw, source=str(path))
+    source = None
+    if is_pytorchvideo(state):
+        state, source = convert_pytorchvideo(state), "pytorchvideo"
+    elif isinstance(raw, dict) and "iresvid_version" in raw:  # written by our trainer
+        source = "iresvid"
+    sha256 = file_sha256(path)
+    entry = _WEIGHTS.get(sha256)
+    return Checkpoint(Path(path), sha256, state, entry.source if entry else source, entry)
+
+
+def _layout_source(model: nn.Module, dims: int | None) -> str:
+    """Where a state dict in our key names most likely comes from, judged by the family it fits.
+
+    torchvision's ResNet-50 and the official one share every key: such files are reported as torchvision
+    unless the weights table says otherwise.
+    """
+    spec = getattr(model, "spec", None)
+    if spec is None or dims == 3 or spec.se_reduction or spec.roles == "preact" or spec.stem == "conv3":
+        return "iresvid"  # nobody else publishes these layouts
+    if spec.roles == "resstage" or spec.shortcut == "improved" or spec.out_channels[-1] < spec.widths[-1]:
+        return "official_iresnet"  # ResStage, iResNet, ResGroup: only the official code has them
+    return "torchvision"
+
+
+def _expected_normalisation(model: nn.Module, ckpt: Checkpoint, source: str) -> tuple[tuple, tuple]:
+    if ckpt.entry is not None:
+        return ckpt.entry.mean, ckpt.entry.std
+    if source == "pytorchvideo":
+        return KINETICS_MEAN, KINETICS_STD
+    if ckpt.dims == 2:  # an image checkpoint keeps its dataset's statistics when inflated into a video model
+        spec = getattr(model, "spec", None)
+        if spec is not None and spec.stem == "conv3":
+            return CIFAR_MEAN, CIFAR_STD
+        return IMAGENET_MEAN, IMAGENET_STD
+    cfg = getattr(model, "pretrained_cfg", {})
+    return tuple(cfg.get("mean", KINETICS_MEAN)), tuple(cfg.get("std", KINETICS_STD))
+
+
+def load_pretrained(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Checkpoint,
+    *,
+    inflate_init: str = "center",
+    num_classes: int | None = None,
+) -> dict:
     """Load a checkpoint file into ``model`` (in place), converting and inflating as needed.
 
-    A model built with ``num_classes=0`` ignores the checkpoint's classifier.  Anything else that does not
-    fit is an error, never a silent partial load.
+    ``num_classes`` (default: the model's) is the classifier wanted: when the checkpoint's has another
+    number of classes, it is dropped (one log line) and the model gets a fresh classifier, as
+    ``model.reset_classifier(num_classes)`` after loading would give; 0 keeps no classifier.  Anything else
+    that does not fit is an error naming the keys, never a silent partial load.
+
+    Returns what was loaded, also merged into ``model.pretrained_cfg``: ``file``, ``sha256``, ``source``
+    (a key of `SOURCES`), ``inflated_from`` / ``inflate_init``, ``mean`` / ``std`` the weights expect,
+    ``num_classes`` of the weights and whether their ``classifier_loaded``.
     """
-    state = extract_state_dict(read_checkpoint(path), source=str(path))
-    source = str(path)
-    if is_pytorchvideo(state):
-        state = convert_pytorchvideo(state)
-        source += " (pytorchvideo)"
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
+    state, label = ckpt.state, str(ckpt.path) + (" (pytorchvideo)" if ckpt.source == "pytorchvideo" else "")
     target = model.state_dict()
     conv_dims = {v.ndim for k, v in target.items() if k.endswith("conv1.weight")}
-    if 5 in conv_dims and state.get("conv1.weight", torch.empty(0)).ndim == 4:
+    inflated = 5 in conv_dims and ckpt.dims == 2
+    if inflated:
         state = inflate_state_dict(state, target, inflate_init)
-        source += f" (2D, inflated '{inflate_init}')"
-    if getattr(model, "num_classes", None) == 0:
+        label += f" (2D, inflated '{inflate_init}')"
+    model_classes = getattr(model, "num_classes", None)
+    wanted = model_classes if num_classes is None else num_classes
+    source_classes = ckpt.num_classes
+    drop = source_classes is not None and wanted is not None and wanted != source_classes
+    if drop:
         state = {k: v for k, v in state.items() if not _is_classifier(k)}
-    check_fits(state, model, source)
+        if wanted != model_classes:
+            model.reset_classifier(wanted)
+    check_fits(state, model, label, ignore_classifier=drop)
     model.load_state_dict(state, strict=False)  # strictness is check_fits's job, with better messages
-    log.info("loaded %s into %s", source, getattr(model, "pretrained_cfg", {}).get("architecture", "model"))
+    arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    if drop:
+        log.info(
+            "loaded %s into %s without its classifier: it has %d classes, the model %d (a fresh classifier)",
+            label,
+            arch,
+            source_classes,
+            wanted,
+        )
+    else:
+        log.info("loaded %s into %s", label, arch)
+
+    source = ckpt.source or _layout_source(model, ckpt.dims)
+    mean, std = _expected_normalisation(model, ckpt, source)
+    entry = ckpt.entry
+    record = dict(
+        file=str(ckpt.path),
+        sha256=ckpt.sha256,
+        source=source,
+        inflated_from=entry.inflated_from if entry and entry.inflated_from else None,
+        inflate_init=inflate_init if inflated else None,
+        mean=tuple(mean),
+        std=tuple(std),
+        num_classes=source_classes,
+        classifier_loaded=source_classes is not None and not drop,
+    )
+    if inflated:
+        record["inflated_from"] = re.sub(r"3d", "", arch, count=1) if isinstance(arch, str) else "2D"
+    if entry is not None:
+        record["input_size"] = entry.input_size
+    if hasattr(model, "pretrained_cfg"):
+        model.pretrained_cfg.update(record)
+    return record
