@@ -1,6 +1,7 @@
 """The ``iresvid`` command: thin argument parsing over the library.
 
-Subcommands: ``train`` and ``test`` (also ``tools/train.py``, ``tools/test.py``), ``prepare SRC DST`` (make a
+Subcommands: ``train`` and ``test`` (also ``tools/train.py``, ``tools/test.py``), ``predict CHECKPOINT
+INPUT...`` (top-k per video and per window; also ``tools/predict.py``), ``prepare SRC DST`` (make a
 downloaded set train-ready), ``zoo`` (params and GFLOPs of every model), ``make-demo-data ROOT`` (the
 synthetic motion dataset), ``bench`` (also ``tools/benchmark.py``), ``config`` (every config key with its
 type, default and meaning).
@@ -23,6 +24,7 @@ _USER_ERRORS = (
     "CheckpointWriteError",
     "DatasetUnreadableError",
     "ExportCheckError",
+    "PredictError",
     "PrepareError",
 )
 
@@ -114,6 +116,68 @@ def _test(args: argparse.Namespace) -> int:
         print(f"{cfg.data.num_clips} clips × {cfg.data.num_crops} crops per video; reports in {out}")
 
     return run_guarded(run)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    outcome = {"failed": 0}
+
+    def run():
+        from iresvid.engine.predict import Predictor, find_videos, write_predictions
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        predictor = Predictor(
+            args.checkpoint,
+            device=args.device,
+            views=args.views,
+            batch_size=args.batch_size,
+            amp=args.amp,
+            num_workers=args.num_workers,
+            model=args.model,
+            classes=args.classes,
+            overrides=args.set,
+            use_ema=not args.no_ema,
+            progress=not args.no_progress,
+        )
+        videos = find_videos(args.inputs)
+        results = predictor.predict_many(videos, window=args.window, stride=args.stride, topk=args.topk)
+        topk = min(args.topk, len(predictor.classes))
+        echo = args.out is None or args.verbose
+        summary = write_predictions(results, args.out, topk=topk, echo=echo)
+        outcome["failed"] = len(summary.failed)
+        print(summary.text(args.out), file=sys.stderr)
+
+    code = run_guarded(run)
+    return code or (1 if outcome["failed"] else 0)
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "checkpoint", help="training checkpoint, TorchScript export (model.pt), or state dict"
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="videos, folders (recursive), list files")
+    parser.add_argument("--window", type=float, default=None, help="also predict windows of SECONDS")
+    parser.add_argument(
+        "--stride", type=float, default=None, help="seconds between windows (default: --window)"
+    )
+    parser.add_argument("--topk", type=int, default=5, help="classes per prediction")
+    parser.add_argument("--views", default=None, help="CLIPSxCROPS, e.g. 10x3 (default: the checkpoint's)")
+    parser.add_argument("--out", default=None, help="FILE.jsonl or FILE.csv (default: print)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
+    parser.add_argument("--batch-size", type=int, default=None, help="views per forward pass")
+    parser.add_argument("--amp", default="auto", help="auto (on CUDA), none, bf16, fp16")
+    parser.add_argument("--num-workers", type=int, default=None, help="decoding processes")
+    parser.add_argument("--model", default=None, help="with a bare state dict: its registry name")
+    parser.add_argument("--classes", default=None, help="class-index file (a bare state dict needs one)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. data.test_size=256",
+    )
+    parser.add_argument("--no-ema", action="store_true", help="the raw weights, not their EMA")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print the predictions also with --out")
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -236,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not their EMA")
     test.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=/data")
     test.set_defaults(func=_test)
+
+    predict = sub.add_parser("predict", help="top-k classes of videos (and of their time windows)")
+    _add_predict_arguments(predict)
+    predict.set_defaults(func=_predict)
 
     prepare = sub.add_parser(
         "prepare", help="verify, re-encode and index a downloaded set into a train-ready copy with a manifest"

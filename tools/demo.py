@@ -4,6 +4,7 @@
 2. Trains ``configs/demo_synthetic.yaml`` twice with the same recipe: the 3D model, and its C2D twin
    (``model.inflate=c2d``: the same network with every temporal kernel 1, a per-frame 2D model).
 3. Evaluates both at clip and video level (``data.num_clips`` uniform clips per video) and prints a table.
+4. Predicts two validation videos with the 3D model (`iresvid.Predictor`, as ``iresvid predict``): the top-3.
 
 The classes come in time-reversal pairs (move left / right, up / down, rotate clockwise / counterclockwise,
 expand / shrink), so the 2D twin can tell which pair a video belongs to but not its direction: it stays near
@@ -83,8 +84,24 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         report(rows, Path(args.output), num_clips=cfg.data.num_clips)
+        show_predictions(Path(args.output) / TWINS[0][1] / "last.pth", cfg)
 
     return run_guarded(run)
+
+
+def show_predictions(checkpoint: Path, cfg) -> None:
+    """`iresvid predict` with the 3D model on two validation videos of different classes: the top-3."""
+    from iresvid.data.build import load_annotations
+    from iresvid.engine.predict import Predictor
+
+    annotations = load_annotations(cfg.data, "val")
+    records = [annotations.records[0], annotations.records[len(annotations.records) // 2]]
+    predictor = Predictor(checkpoint, device="cpu", num_workers=0)
+    print(f"\niresvid predict {checkpoint} <2 validation videos> --topk 3")
+    results = predictor.predict_many([r.path for r in records], topk=3)
+    for record, result in zip(records, results, strict=True):
+        ranked = getattr(result, "error", None) or "  ".join(f"{name} {p:.2f}" for name, p in result.topk)
+        print(f"  {record.path.name:<28} (is {annotations.classes[record.label]}): {ranked}")
 
 
 def report(rows: list[dict], output: Path, *, num_clips: int) -> None:

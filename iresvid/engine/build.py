@@ -60,6 +60,8 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
 
 def norm_stats(cfg: Config, model: nn.Module) -> tuple[list[float], list[float]]:
     """Normalisation mean/std: the config's, else the model's default (Kinetics or ImageNet values)."""
+    if cfg.data.mean and cfg.data.std:  # a TorchScript model has no pretrained_cfg: the config must say
+        return list(cfg.data.mean), list(cfg.data.std)
     defaults = model.pretrained_cfg
     return list(cfg.data.mean or defaults["mean"]), list(cfg.data.std or defaults["std"])
 
@@ -104,8 +106,15 @@ def build_eval_inputs(
         pin_memory=device.type == "cuda",
         prefetch_factor=d.prefetch_factor,
     )
+    return EvalInputs(dataset, loader, build_eval_views(cfg, model, device, num_crops), views_per_pass)
+
+
+def build_eval_views(cfg: Config, model: nn.Module, device: torch.device, num_crops: int) -> EvalViews:
+    """The test-time crops of ``cfg.data`` (``test_size``, ``test_crop_size``) normalised for ``model``: the
+    one definition of an evaluation view, shared by testing, validation, feature extraction and prediction."""
+    d = cfg.data
     mean, std = norm_stats(cfg, model)
-    views = EvalViews(
+    return EvalViews(
         d.test_size,
         num_crops,
         crop_size=d.test_crop_size,
@@ -113,7 +122,6 @@ def build_eval_inputs(
         std=std,
         channels_last=cfg.model.channels_last,
     ).to(device)
-    return EvalInputs(dataset, loader, views, views_per_pass)
 
 
 def eval_videos_per_batch(views_per_pass: int, num_clips: int, num_crops: int) -> int:

@@ -31,6 +31,9 @@ class EvalResult:
     num_videos: int
     failed: list[tuple[str, str]] = field(default_factory=list)  # videos with no readable view
     rereads: int = 0  # frame reads the readers redid through their exact path (timestamp mismatches)
+    # (num_videos, num_classes) float64 in dataset order: each video's probabilities averaged over its views
+    # (NaN rows: videos not read); what `iresvid.Predictor` gives for the same checkpoint and views.
+    probabilities: torch.Tensor | None = None
 
     def summary(self, prefix: str = "") -> dict[str, float]:
         out = {f"{prefix}loss": self.loss}
@@ -75,6 +78,27 @@ def readable_views(
         yield kept, views(inputs["input"], sizes=inputs["size"].cpu())
 
 
+def view_logits(
+    model: nn.Module,
+    views: torch.Tensor,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    chunk: int = 32,
+) -> torch.Tensor:
+    """float32 CPU logits of ``views`` (as `readable_views` yields them), ``chunk`` views per forward pass."""
+    with autocast(device, amp_dtype):
+        return torch.cat([model(part) for part in views.split(chunk)]).float().cpu()
+
+
+def crop_probability_sums(logits: torch.Tensor, num_crops: int) -> torch.Tensor:
+    """Per clip, the sum of its ``num_crops`` views' softmax probabilities, float64 ``(clips, classes)``.
+
+    A video's score is the sum over its clips divided by its number of views: the average of probabilities.
+    """
+    return logits.softmax(-1).double().view(-1, num_crops, logits.shape[-1]).sum(1)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -100,13 +124,11 @@ def evaluate(
     model.eval()
     for batch, x in readable_views(loader, views, device, failures, progress, rereads):
         video_index, labels = batch["video_index"], batch["label"]
-        with autocast(device, amp_dtype):
-            logits = torch.cat([model(part) for part in x.split(chunk)]).float().cpu()
+        logits = view_logits(model, x, device=device, amp_dtype=amp_dtype, chunk=chunk)
         targets = labels.repeat_interleave(views.num_crops)
         loss_sum += torch.tensor([F.cross_entropy(logits, targets, reduction="sum").item(), len(targets)])
         clip_meter.update(logits, targets)
-        probs = logits.softmax(-1).double().view(len(labels), views.num_crops, -1).sum(1)
-        video_scores.index_add_(0, video_index, probs)
+        video_scores.index_add_(0, video_index, crop_probability_sums(logits, views.num_crops))
         video_views.index_add_(
             0, video_index, torch.full((len(labels),), float(views.num_crops), dtype=torch.float64)
         )
@@ -125,10 +147,12 @@ def evaluate(
     if not seen.any():
         listing = "; ".join(f"{p}: {r}" for p, r in failures[:5])
         raise DatasetUnreadableError(f"no video of {dataset.source} could be read for evaluation: {listing}")
+    probabilities = video_scores / video_views[:, None]  # 0 / 0: NaN for the videos not read
     video_meter = AccuracyMeter(num_classes)
-    if seen.any():
-        video_meter.update(video_scores[seen] / video_views[seen, None], labels[seen])
+    video_meter.update(probabilities[seen], labels[seen])
     unread = {str(dataset.records[i].path) for i in torch.nonzero(~seen).flatten().tolist()}
     failed = sorted({f for f in failures if f[0] in unread})
     loss = (loss_sum[0] / loss_sum[1].clamp(min=1)).item()
-    return EvalResult(clip_meter, video_meter, loss, int(seen.sum()), failed, int(reread_count.item()))
+    return EvalResult(
+        clip_meter, video_meter, loss, int(seen.sum()), failed, int(reread_count.item()), probabilities
+    )

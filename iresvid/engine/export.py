@@ -56,7 +56,19 @@ def load_for_export(
         crop = cfg.data.test_crop_size or cfg.data.test_size
         spatial = (crop, crop)
         clip_shape = (cfg.data.num_frames, *spatial) if model.dims == 3 else spatial
-        source = {"checkpoint": str(checkpoint), "model": cfg.model.name}
+        d = cfg.data
+        # The evaluation protocol: `iresvid predict` on the exported file then sees what tools/test.py sees.
+        source = {
+            "checkpoint": str(checkpoint),
+            "model": cfg.model.name,
+            "clip": {"num_frames": d.num_frames, "frame_stride": d.frame_stride},
+            "views": {
+                "test_size": d.test_size,
+                "crop_size": crop,
+                "num_clips": d.num_clips,
+                "num_crops": d.num_crops,
+            },
+        }
     else:
         model = create_model(
             model_name, pretrained=str(pretrained) if pretrained else None, num_classes=num_classes
