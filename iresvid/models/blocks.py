@@ -122,6 +122,7 @@ class ResidualBlock(nn.Module):
         temporal_kernels: tuple[int, ...] | None = None,
         downsample: nn.Module | None = None,
         se_reduction: int | None = None,
+        se_divisor: int = 1,
         act_layer: Callable[[], nn.Module] = nn.ReLU,
     ):
         super().__init__()
@@ -142,7 +143,7 @@ class ResidualBlock(nn.Module):
             self.add_module(self.last_norm_name, norm(dims, out_channels))
         else:
             self.add_module(self.last_norm_name, None)
-        self.se = SqueezeExcite(out_channels, se_reduction) if se_reduction else None
+        self.se = SqueezeExcite(out_channels, se_reduction, se_divisor) if se_reduction else None
         self.downsample = downsample
 
     last_norm_name: str

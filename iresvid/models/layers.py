@@ -61,6 +61,15 @@ def max_pool(dims: int, kernel: tuple[int, int], stride: tuple[int, int]) -> nn.
     )
 
 
+def se_width(channels: int, reduction: int = 16, divisor: int = 1) -> int:
+    """The SE bottleneck width: ``channels // reduction``, or with ``divisor > 1`` timm's
+    ``make_divisible(channels / reduction, divisor)`` (nearest multiple, at least ``divisor``: 64 / 16 → 8),
+    which its SE-ResNets use; the two agree whenever ``channels / reduction`` is a multiple of ``divisor``."""
+    if divisor <= 1:
+        return max(1, channels // reduction)
+    return max(divisor, int(channels / reduction + divisor / 2) // divisor * divisor)
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation (Hu et al.): channel gates from the global average over time and space.
 
@@ -68,9 +77,9 @@ class SqueezeExcite(nn.Module):
     parameters equal a 1×1 conv with bias, as in the SENet and timm reference models.
     """
 
-    def __init__(self, channels: int, reduction: int = 16):
+    def __init__(self, channels: int, reduction: int = 16, divisor: int = 1):
         super().__init__()
-        hidden = max(1, channels // reduction)
+        hidden = se_width(channels, reduction, divisor)
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
 

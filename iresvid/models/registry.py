@@ -225,12 +225,12 @@ def create_model(
 
     Args:
         name: a registry name (``list_models()``) or a family builder (``list_families()``) with ``depth``.
-        pretrained: False / None: random init.  A path: a checkpoint to load (official iResNet /
-            torchvision / pytorchvideo state dicts or our own training checkpoints); a 2D checkpoint into
-            a 3D model is inflated (``inflate_init`` "center" or "average").  True: the local file the
-            weights table (`iresvid.models.register_weights`) holds for ``name``; none ship, so without one
-            it is a `CheckpointError` saying how to pass a file.  What was loaded (file, sha256, source,
-            inflation, the mean/std the weights expect) is recorded in ``model.pretrained_cfg``.
+        pretrained: False / None: random init.  A path: a checkpoint to load (official iResNet / torchvision /
+            timm SE-ResNet / pytorchvideo state dicts or our own training checkpoints); a 2D checkpoint into a
+            3D model is inflated (``inflate_init`` "center" or "average").  True: the local file the weights
+            table (`iresvid.models.register_weights`) holds for ``name``; none ship, so without one it is a
+            `CheckpointError` saying how to pass a file.  What was loaded (file, sha256, source, inflation,
+            the mean/std the weights expect) is recorded in ``model.pretrained_cfg``.
         num_classes: classifier size (default: the checkpoint's, else the model's default dataset's); 0
             returns pooled features.  When it differs from the checkpoint's, the checkpoint's classifier
             is dropped for a fresh one (fine-tuning in one call: the same as loading, then
@@ -279,7 +279,8 @@ def _build_family(entry: ModelEntry, num_classes, depth, width_scale, overrides)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise TypeError(f"create_model('{name}'): unknown argument {key!r}{hint} Valid: {', '.join(valid)}")
     if entry.dims == 2 and any(
-        k in overrides for k in ("inflate", "temporal_strides", "stem_temporal_kernel")
+        k in overrides
+        for k in ("inflate", "temporal_strides", "stem_temporal_kernel", "stage1_temporal_pool")
     ):
         raise TypeError(f"'{name}' is a 2D model; 3D options need its 3D twin (e.g. names with '3d')")
 

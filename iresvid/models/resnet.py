@@ -38,6 +38,9 @@ class ResNetSpec:
     stage_strides: tuple[int, ...] = (1, 2, 2, 2)
     stem_width: int = 64
     se_reduction: int | None = None
+    # SE width rounding (`layers.se_width`): 1 is channels // reduction; 8 is timm's make_divisible, which
+    # the basic-block SE-ResNets (timm's seresnet18/34, the only published ones) need: 64 / 16 → 8, not 4.
+    se_divisor: int = 1
 
     def __post_init__(self):
         n = len(self.layers)
@@ -140,6 +143,8 @@ def resnet_spec(
         stem="conv7" if improved else "conv7_pool",
         stage_strides=(2, 2, 2, 2) if improved else (1, 2, 2, 2),
         se_reduction=16 if se else None,
+        # Bottleneck SE widths are multiples of 8 at full width either way; floor keeps scaled nets as before.
+        se_divisor=8 if se and block == "basic" else 1,
     )
 
 
@@ -188,9 +193,9 @@ def cifar_spec(depth: int, *, roles: str = "plain", improved: bool = False) -> R
 
 # ------------------------------------------------------------------------------------------ inflation
 
-INFLATIONS = ("slow", "i3d", "full", "c2d")
+INFLATIONS = ("slow", "i3d", "i3d_r50", "full", "c2d")
 # Stem temporal kernel per pattern: Slow-only and C2D keep the 1×7×7 stem, I3D uses 5×7×7, R3D 3×7×7.
-STEM_TEMPORAL_KERNEL = {"slow": 1, "i3d": 5, "full": 3, "c2d": 1}
+STEM_TEMPORAL_KERNEL = {"slow": 1, "i3d": 5, "i3d_r50": 5, "full": 3, "c2d": 1}
 
 
 def block_temporal_kernels(inflate: str, num_convs: int, stage: int, index: int, num_stages: int) -> tuple:
@@ -198,8 +203,9 @@ def block_temporal_kernels(inflate: str, num_convs: int, stage: int, index: int,
 
     - ``slow`` (SlowFast's Slow pathway, pytorchvideo ``slow_r50``): 3 on the first conv of every block in
       the last two stages (res4, res5), 1 elsewhere.
-    - ``i3d`` (mmaction2 I3D R50): 3 on the first conv of alternate blocks — even blocks, but odd blocks in
-      the last stage.
+    - ``i3d``: 3 on the first conv of alternate blocks — even blocks, but odd blocks in the last stage.
+    - ``i3d_r50`` (pytorchvideo ``i3d_r50``; mmaction2's I3D R50 inflates the same convs): as ``i3d``, but
+      every block of the first stage is inflated.
     - ``full`` (R3D): every 3×3 conv becomes 3×3×3; 1×1 convs stay 1×1×1.
     - ``c2d``: no temporal kernel anywhere; a per-frame 2D network.
     """
@@ -209,7 +215,9 @@ def block_temporal_kernels(inflate: str, num_convs: int, stage: int, index: int,
         return ones
     if inflate == "slow":
         return first if stage >= num_stages - 2 else ones
-    if inflate == "i3d":
+    if inflate == "i3d_r50" and stage == 0:
+        return first
+    if inflate in ("i3d", "i3d_r50"):
         inflated = index % 2 == (1 if stage == num_stages - 1 else 0)
         return first if inflated else ones
     if inflate == "full":
@@ -229,7 +237,10 @@ class ResNet(nn.Module):
     `prune_intermediate_layers` (used by ``features_only``).
 
     3D knobs: ``inflate`` (see `block_temporal_kernels`), ``stem_temporal_kernel`` (default per pattern),
-    ``temporal_strides`` per stage (default 1: the clip length is kept to the head, as in Slow-only R50).
+    ``temporal_strides`` per stage (default 1: the clip length is kept to the head, as in Slow-only R50),
+    ``stage1_temporal_pool`` (default 1: none; 2 is the k×1×1 max-pool, stride k, that pytorchvideo's
+    ``c2d_r50`` / ``i3d_r50`` put between the first and second stage: the clip is halved once; no parameters,
+    so state dict keys are unchanged, and feature level 1 is the first stage's output before it).
     Backbone knobs: ``frozen_stages`` (−1 none, 0 stem, k stem + stages 1..k), ``norm_eval`` (BN layers stay
     in eval mode while training, for small-batch fine-tuning), ``zero_init_last`` (each residual branch
     starts at zero, so every block starts as the identity), ``norm_layer`` ("batchnorm", "frozen_batchnorm"
@@ -250,6 +261,7 @@ class ResNet(nn.Module):
         stem_temporal_kernel: int | None = None,
         stem_temporal_stride: int = 1,
         temporal_strides: Sequence[int] | None = None,
+        stage1_temporal_pool: int = 1,
         frozen_stages: int = -1,
         norm_eval: bool = False,
         zero_init_last: bool = False,
@@ -269,6 +281,11 @@ class ResNet(nn.Module):
             raise ValueError(f"temporal_strides needs {num_stages} entries, got {temporal_strides}")
         if stem_temporal_kernel is None:
             stem_temporal_kernel = STEM_TEMPORAL_KERNEL[self.inflate]
+        if stage1_temporal_pool != 1 and (dims != 3 or stage1_temporal_pool < 1 or num_stages < 2):
+            raise ValueError(
+                f"stage1_temporal_pool={stage1_temporal_pool!r} needs a 3D model with 2 or more stages and a "
+                f"kernel >= 1 (1: no pool; 2: pytorchvideo's c2d_r50 / i3d_r50)"
+            )
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.grad_checkpointing = False
@@ -329,6 +346,7 @@ class ResNet(nn.Module):
                         ),
                         downsample=shortcut,
                         se_reduction=spec.se_reduction,
+                        se_divisor=spec.se_divisor,
                         act_layer=act_layer,
                     )
                 )
@@ -338,6 +356,10 @@ class ResNet(nn.Module):
             self.stage_names.append(name)
             reduction *= spec.stage_strides[s]
             self.feature_info.append(dict(num_chs=channels, reduction=reduction, module=name))
+
+        # Applied on the way into the second stage (after layer1's feature level), as pytorchvideo's block 2.
+        k = stage1_temporal_pool
+        self.stage1_pool = nn.MaxPool3d((k, 1, 1), stride=(k, 1, 1)) if k != 1 else None
 
         # Pre-activation nets end on a BN → ReLU (their last block adds without normalising).
         self.final_norm = norm(dims, channels) if spec.roles == "preact" else None
@@ -456,6 +478,8 @@ class ResNet(nn.Module):
             x = self.maxpool(x)
         stages = self.stage_names[:last] if stop_early else self.stage_names
         for level, name in enumerate(stages, 1):
+            if level == 2 and self.stage1_pool is not None:
+                x = self.stage1_pool(x)
             x = self._run_stage(getattr(self, name), x)
             if level in take:
                 if norm and level == len(self.stage_names) and self.final_norm is not None:
@@ -491,7 +515,9 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)
-        for name in self.stage_names:
+        for level, name in enumerate(self.stage_names, 1):
+            if level == 2 and self.stage1_pool is not None:
+                x = self.stage1_pool(x)
             x = self._run_stage(getattr(self, name), x)
         if self.final_norm is not None:
             x = self.final_act(self.final_norm(x))

@@ -5,7 +5,12 @@ Sources recognised from the keys, after unwrapping ``{"state_dict": …}`` / ``{
 
 - official iduta/iresnet checkpoints (resnet, resstage, iresnet, resgroup(fix), iresgroup(fix)) and
   torchvision ResNet / ResNeXt state dicts: our module names are theirs, so they load by name;
-- pytorchvideo ResNet state dicts (``blocks.0.conv…``; e.g. ``slow_r50``): keys are renamed;
+- pytorchvideo ResNet state dicts (``blocks.0.conv…``; ``slow_r50``, ``c2d_r50``, ``i3d_r50``): keys are
+  renamed (c2d / i3d need ``stage1_temporal_pool=2``, i3d ``inflate="i3d_r50"``, c2d ``inflate="c2d"``);
+- timm SE-ResNet / SE-ResNeXt state dicts (``seresnet50``, ``seresnext50_32x4d``, ``seresnet18``…):
+  torchvision names, but the SE gates are 1×1 convs (``se.fc1.weight`` of shape (c', c, 1, 1)) where ours
+  are ``Linear`` layers of the same parameters: reshaped.  timm's plain ResNets have torchvision's keys and
+  load as those;
 - a 2D checkpoint into a 3D model: every conv kernel is inflated along time, ``center`` (the 2D kernel in
   the middle temporal slice, zeros elsewhere: a static clip gives the 2D logits) or ``average`` (kernel / kt
   on every slice, as in I3D).
@@ -48,6 +53,7 @@ SOURCES = {
     "official_iresnet": "official iduta/iresnet code (ResNet, ResStage, iResNet, ResGroup families)",
     "torchvision": "torchvision ResNet / ResNeXt (same key names as the official ResNet-50)",
     "pytorchvideo": "pytorchvideo create_resnet (e.g. slow_r50), keys renamed",
+    "timm": "timm SE-ResNet / SE-ResNeXt (torchvision names; 1×1-conv SE gates reshaped to Linear)",
     "iresvid": "this package's own models or training checkpoints",
 }
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "module")
@@ -160,7 +166,7 @@ def registered_file(architecture: str) -> str:
     raise CheckpointError(
         f"pretrained=True for {architecture!r}: {known}. Pass a checkpoint file instead: "
         f'create_model({architecture!r}, pretrained="path/to/file.pth") (official iResNet, torchvision, '
-        f"pytorchvideo or iresvid checkpoints), or register one with "
+        f"pytorchvideo, timm SE-ResNet or iresvid checkpoints), or register one with "
         f'iresvid.models.register_weights("path/to/file.pth", architecture={architecture!r}, ...)'
     )
 
@@ -215,37 +221,79 @@ def is_pytorchvideo(state: dict[str, torch.Tensor]) -> bool:
     return "blocks.0.conv.weight" in state
 
 
+_PTV_BLOCK = {
+    "branch1_conv": "downsample.0",
+    "branch1_norm": "downsample.1",
+    "branch2.conv_a": "conv1",
+    "branch2.norm_a": "bn1",
+    "branch2.conv_b": "conv2",
+    "branch2.norm_b": "bn2",
+    "branch2.conv_c": "conv3",
+    "branch2.norm_c": "bn3",
+}
+_PTV_STAGE = re.compile(
+    r"^blocks\.(\d+)\.res_blocks\.(\d+)\.(" + "|".join(map(re.escape, _PTV_BLOCK)) + r")\."
+)
+
+
 def convert_pytorchvideo(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """pytorchvideo ``create_resnet`` names (``blocks.{stage}.res_blocks.{i}.branch2.conv_a``…) → ours.
 
-    blocks.0 is the stem, blocks.1–4 the stages, the last block the head (``proj`` → ``fc``).
+    blocks.0 is the stem, the blocks holding ``res_blocks`` are the stages in order, the last block the head
+    (``proj`` → ``fc``).  ``c2d_r50`` / ``i3d_r50`` put a parameterless temporal max-pool at blocks.2 (our
+    ``stage1_temporal_pool=2``), so there the stages are blocks 1, 3, 4, 5 and the head is blocks.6.
     """
+    stage_blocks = sorted({int(m.group(1)) for k in state if (m := _PTV_STAGE.match(k))})
+    layer = {b: i for i, b in enumerate(stage_blocks, 1)}
     renames = [
         (r"^blocks\.0\.conv\.", "conv1."),
         (r"^blocks\.0\.norm\.", "bn1."),
-        (r"^blocks\.([1-4])\.res_blocks\.(\d+)\.branch1_conv\.", r"layer\1.\2.downsample.0."),
-        (r"^blocks\.([1-4])\.res_blocks\.(\d+)\.branch1_norm\.", r"layer\1.\2.downsample.1."),
-        (r"^blocks\.([1-4])\.res_blocks\.(\d+)\.branch2\.conv_a\.", r"layer\1.\2.conv1."),
-        (r"^blocks\.([1-4])\.res_blocks\.(\d+)\.branch2\.norm_a\.", r"layer\1.\2.bn1."),
-        (r"^blocks\.([1-4])\.res_blocks\.(\d+)\.branch2\.conv_b\.", r"layer\1.\2.conv2."),
-        (r"^blocks\.([1-4])\.res_blocks\.(\d+)\.branch2\.norm_b\.", r"layer\1.\2.bn2."),
-        (r"^blocks\.([1-4])\.res_blocks\.(\d+)\.branch2\.conv_c\.", r"layer\1.\2.conv3."),
-        (r"^blocks\.([1-4])\.res_blocks\.(\d+)\.branch2\.norm_c\.", r"layer\1.\2.bn3."),
-        (r"^blocks\.5\.proj\.", "fc."),
+        (r"^blocks\.\d+\.proj\.", "fc."),
     ]
     converted = {}
     for key, value in state.items():
-        new = key
-        for pattern, repl in renames:
-            new, n = re.subn(pattern, repl, key)
-            if n:
-                break
+        m = _PTV_STAGE.match(key)
+        if m:
+            new = f"layer{layer[int(m.group(1))]}.{m.group(2)}.{_PTV_BLOCK[m.group(3)]}.{key[m.end() :]}"
         else:
-            raise CheckpointError(
-                f"pytorchvideo checkpoint: no rule for key {key!r} (only ResNet "
-                f"`create_resnet` networks such as slow_r50 convert)"
-            )
+            for pattern, repl in renames:
+                new, n = re.subn(pattern, repl, key)
+                if n:
+                    break
+            else:
+                raise CheckpointError(
+                    f"pytorchvideo checkpoint: no rule for key {key!r} (only ResNet "
+                    f"`create_resnet` networks such as slow_r50, c2d_r50, i3d_r50 convert)"
+                )
         converted[new] = value
+    return converted
+
+
+_TIMM_SE = re.compile(r"\.se\.fc[12]\.weight$")
+
+
+def is_timm_se(state: dict[str, torch.Tensor]) -> bool:
+    """timm's SE modules are 1×1 convs (4-D weights); ours are Linear (2-D), so the shape tells them apart."""
+    return any(_TIMM_SE.search(k) and v.ndim == 4 for k, v in state.items())
+
+
+def convert_timm_se(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm SE-ResNet(Xt) → ours: every other key is already ours (timm keeps torchvision's names); the SE's
+    1×1 conv weights ``(c_out, c_in, 1, 1)`` become the equal ``Linear`` weights ``(c_out, c_in)``.
+
+    timm's SE sits where ours does (on the branch after its last BN, before the add), pools over space,
+    has biases and a ReLU; its width is ``make_divisible(c / 16, 8)``, what ``se_divisor=8`` builds
+    (bottleneck widths at full width agree with ``c // 16``).
+    """
+    converted = {}
+    for key, value in state.items():
+        if _TIMM_SE.search(key) and value.ndim == 4:
+            if value.shape[2:] != (1, 1):
+                raise CheckpointError(
+                    f"timm checkpoint: SE weight {key!r} has shape {tuple(value.shape)}; expected a 1×1 conv"
+                )
+            value = value.flatten(1)
+        converted[key] = value
     return converted
 
 
@@ -340,6 +388,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     source = None
     if is_pytorchvideo(state):
         state, source = convert_pytorchvideo(state), "pytorchvideo"
+    elif is_timm_se(state):
+        state, source = convert_timm_se(state), "timm"
     elif isinstance(raw, dict) and "iresvid_version" in raw:  # written by our trainer
         source = "iresvid"
     sha256 = file_sha256(path)
@@ -394,7 +444,10 @@ def load_pretrained(
     ``num_classes`` of the weights and whether their ``classifier_loaded``.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
-    state, label = ckpt.state, str(ckpt.path) + (" (pytorchvideo)" if ckpt.source == "pytorchvideo" else "")
+    state, label = (
+        ckpt.state,
+        str(ckpt.path) + (f" ({ckpt.source})" if ckpt.source in ("pytorchvideo", "timm") else ""),
+    )
     target = model.state_dict()
     conv_dims = {v.ndim for k, v in target.items() if k.endswith("conv1.weight")}
     inflated = 5 in conv_dims and ckpt.dims == 2
