@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from iresvid.data.video_io import BACKENDS, DEFAULT_BACKEND
+from iresvid.models.resnet import INFLATIONS
 
 
 def doc(default, help: str, **checks):
@@ -37,7 +38,12 @@ class ModelConfig:
         False, "load `pretrained` with its own classifier, then replace it for data.num_classes (fine-tuning)"
     )
     inflate: str | None = doc(
-        None, "3D inflation pattern (None: the model's, 'slow')", choices=(None, "slow", "i3d", "full", "c2d")
+        None, "3D inflation pattern (None: the model's, 'slow')", choices=(None, *INFLATIONS)
+    )
+    stage1_temporal_pool: int | None = doc(
+        None,
+        "3D: temporal max-pool (kernel = stride) after stage 1, as pytorchvideo's c2d_r50/i3d_r50: 2",
+        min=1,
     )
     temporal_strides: list[int] | None = doc(None, "temporal stride per stage (None: 1 everywhere)")
     stem_temporal_kernel: int | None = doc(

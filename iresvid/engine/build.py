@@ -34,6 +34,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         inflate=m.inflate,
         temporal_strides=m.temporal_strides,
         stem_temporal_kernel=m.stem_temporal_kernel,
+        stage1_temporal_pool=m.stage1_temporal_pool,
         layers=m.layers,
     )
     kwargs.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in optional.items() if v is not None})
