@@ -2,22 +2,11 @@
 
 import pytest
 import torch
+from test_weights import randomize_bn
 
 import iresvid
 
 timm = pytest.importorskip("timm")
-
-
-def _randomize_bn(model, seed=1):
-    """Random BN statistics and affine parameters, so equal logits mean every BN tensor was used."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model
 
 
 def _randomize_se(model, seed=2):
@@ -31,7 +20,7 @@ def _randomize_se(model, seed=2):
 
 def _timm_reference(name):
     torch.manual_seed(0)
-    return _randomize_se(_randomize_bn(timm.create_model(name, pretrained=False))).eval()
+    return _randomize_se(randomize_bn(timm.create_model(name, pretrained=False))).eval()
 
 
 # timm's SE pools with ``mean((2, 3))`` and gates with 1×1 convs, ours with ``Linear``: the same function, a
@@ -90,7 +79,7 @@ def test_timm_se_inflates_into_a_3d_se_model(tmp_path):
 @pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d"])
 def test_timm_plain_resnet_state_dict_loads_exactly(tmp_path, name):
     """timm's plain ResNet(Xt)s have torchvision's keys: through ``pretrained=``, bit-identical logits."""
-    reference = _randomize_bn(timm.create_model(name, pretrained=False)).eval()
+    reference = randomize_bn(timm.create_model(name, pretrained=False)).eval()
     path = tmp_path / f"timm_{name}.pth"
     torch.save(reference.state_dict(), path)
     model = iresvid.create_model(name, pretrained=str(path)).eval()
@@ -114,7 +103,7 @@ def test_pytorchvideo_c2d_and_i3d_give_pytorchvideo_logits(tmp_path, hub_name, o
     # 8 × 64 × 64: the pool after stage 1 halves the clip, stage 4 maps are 4 × 2 × 2; the head's average
     # pool is sized to them so it is the global average, as the hub's (4, 7, 7) is at 8 × 224 × 224.
     reference = getattr(hub, hub_name)(pretrained=False, head_pool_kernel_size=(4, 2, 2))
-    reference = _randomize_bn(reference).eval()
+    reference = randomize_bn(reference).eval()
     path = tmp_path / f"{hub_name}.pyth"
     torch.save({"model_state": reference.state_dict()}, path)  # the hub checkpoints' layout
     model = iresvid.create_model("resnet3d50", pretrained=str(path), **ours).eval()

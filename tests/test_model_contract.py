@@ -3,9 +3,11 @@ one call, `forward_intermediates` / `prune_intermediate_layers`, `feature_info` 
 forward hook can use, ``features_only``, and `register_model`."""
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
+from test_weights import randomize_bn
 from torch import nn
 
 import iresvid
@@ -36,17 +38,6 @@ def _input(model, batch=1, size=32):
     return torch.randn(batch, 3, 2, size, size)
 
 
-def _randomize_bn(model):
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model
-
-
 # ------------------------------------------------------------------------------ 1. pretrained=bool
 
 
@@ -65,7 +56,7 @@ def test_pretrained_true_without_local_weights_says_how_to_pass_a_file():
 
 
 def test_pretrained_true_loads_the_registered_file_and_records_its_facts(tmp_path):
-    source = _randomize_bn(iresvid.create_model("iresnet18", width_scale=TINY, num_classes=5))
+    source = randomize_bn(iresvid.create_model("iresnet18", width_scale=TINY, num_classes=5))
     path = tmp_path / "ires18_tiny.pth"
     torch.save(source.state_dict(), path)
     entry = register_weights(
@@ -100,7 +91,7 @@ def test_pretrained_true_loads_the_registered_file_and_records_its_facts(tmp_pat
 
 def test_fine_tuning_in_one_call_equals_load_then_reset_classifier(tmp_path, caplog):
     path = tmp_path / "src1000.pth"
-    torch.save(_randomize_bn(iresvid.create_model("resnet3d50", width_scale=TINY)).state_dict(), path)
+    torch.save(randomize_bn(iresvid.create_model("resnet3d50", width_scale=TINY)).state_dict(), path)
     torch.manual_seed(3)
     with caplog.at_level(logging.INFO, logger="iresvid.models.weights"):
         one = iresvid.create_model("resnet3d50", width_scale=TINY, pretrained=str(path), num_classes=7)
@@ -195,7 +186,7 @@ def test_forward_intermediates_follows_timms_signature():
 @pytest.mark.parametrize("name", ["resnet50", "resnet18", "resnext50_32x4d"])
 def test_forward_intermediates_match_timm_loaded_with_our_weights(name):
     timm = pytest.importorskip("timm")
-    ours = _randomize_bn(iresvid.create_model(name)).eval()
+    ours = randomize_bn(iresvid.create_model(name)).eval()
     reference = timm.create_model(name, pretrained=False)
     reference.load_state_dict(ours.state_dict())  # the same key names: loads exactly
     reference.eval()
@@ -342,7 +333,7 @@ def test_register_model_in_every_form(scratch_registry, tmp_path):
 def test_frozen_batchnorm_loads_torchvision_exactly_and_gives_batchnorms_eval_logits(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    reference = _randomize_bn(torchvision.models.resnet50(weights=None)).eval()
+    reference = randomize_bn(torchvision.models.resnet50(weights=None)).eval()
     path = tmp_path / "tv_r50.pth"
     torch.save(reference.state_dict(), path)
     frozen = iresvid.create_model("resnet50", pretrained=str(path), norm_layer="frozen_batchnorm").train()
@@ -372,3 +363,31 @@ def test_groupnorm_and_act_layer_keep_module_names():
     assert silu.state_dict().keys() == relu.state_dict().keys()
     with pytest.raises(ValueError, match="unknown norm_layer 'layernorm'"):
         iresvid.create_model("resnet18", norm_layer="layernorm")
+
+
+def test_the_readme_backbone_snippet_runs_as_written(capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    [snippet] = [b for b in blocks if "create_res_basic_head" in b]
+    exec(compile(snippet, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "[512, 1024, 2048] [(1, 512, 8, 28, 28), (1, 1024, 8, 14, 14), (1, 2048, 8, 7, 7)]",
+        "torch.Size([1, 400])",
+    ]
+
+
+def test_init_weights_reinitialises_or_loads_a_checkpoint(tmp_path):
+    model = iresvid.create_model("iresnet3d18", num_classes=5, width_scale=0.125)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(trained, tmp_path / "w.pth")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model.bn1.running_mean.add_(3.0)
+    model.init_weights()
+    state = model.state_dict()
+    assert torch.all(state["bn1.weight"] == 1) and torch.all(state["bn1.running_mean"] == 0)
+    assert not torch.equal(state["conv1.weight"], trained["conv1.weight"] + 1)  # re-drawn, not kept
+    model.init_weights(tmp_path / "w.pth")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in trained.items())

@@ -64,8 +64,9 @@ def _random_state(keys_and_shapes, seed=0):
     return state
 
 
-def _randomize_bn(model):
-    g = torch.Generator().manual_seed(1)
+def randomize_bn(model, seed: int = 1):
+    """Random BN statistics and affine parameters, so equal logits mean every BN tensor was used."""
+    g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
@@ -126,7 +127,7 @@ def test_the_in_place_relu_matters():
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "resnext101_32x8d"])
 def test_torchvision_state_dict_gives_torchvision_logits(tmp_path, name):
     torch.manual_seed(0)
-    reference = _randomize_bn(getattr(torchvision.models, name)(weights=None)).eval()
+    reference = randomize_bn(getattr(torchvision.models, name)(weights=None)).eval()
     path = tmp_path / f"{name}.pth"
     torch.save(reference.state_dict(), path)
     model = iresvid.create_model(name, pretrained=str(path)).eval()
@@ -143,7 +144,7 @@ def test_pytorchvideo_slow_r50_gives_pytorchvideo_logits(tmp_path):
     reference = create_resnet(
         stem_conv_kernel_size=(1, 7, 7), head_pool_kernel_size=(8, 7, 7), model_depth=50
     )
-    reference = _randomize_bn(reference).eval()
+    reference = randomize_bn(reference).eval()
     path = tmp_path / "slow_r50.pyth"
     torch.save({"model_state": reference.state_dict()}, path)
     model = iresvid.create_model("resnet3d50", pretrained=str(path), inflate="slow").eval()
@@ -158,7 +159,7 @@ def test_pytorchvideo_slow_r50_gives_pytorchvideo_logits(tmp_path):
     "name", ["iresnet50", "resnet18", "iresgroupfix50", "preact_resnet50", "se_iresnet50"]
 )
 def test_center_inflation_of_a_static_clip_gives_the_2d_logits(tmp_path, name, inflate):
-    parent = _randomize_bn(iresvid.create_model(name, width_scale=0.25)).eval()
+    parent = randomize_bn(iresvid.create_model(name, width_scale=0.25)).eval()
     path = tmp_path / "2d.pth"
     torch.save(parent.state_dict(), path)
     name3d = name.replace("resnet", "resnet3d").replace("resgroupfix", "resgroupfix3d")

@@ -8,6 +8,7 @@ with a temporal kernel per conv chosen by the inflation pattern, so 2D checkpoin
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -368,10 +369,26 @@ class ResNet(nn.Module):
         self.drop_rate = drop_rate
         self.fc = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
         self.num_classes = num_classes
+        self._zero_init_last = zero_init_last
         self._init_weights(zero_init_last)
         # Other norms take the BatchNorms' places (and names), after their init: keys stay the official ones.
         replace_norms(self, norm_layer)
         self._freeze_stages()
+
+    def init_weights(self, pretrained: str | os.PathLike | None = None) -> None:
+        """mmaction2's backbone hook: every weight as at construction (Kaiming-normal convs, norms 1 / 0), or
+        the checkpoint ``pretrained`` loaded as `create_model` loads one (converted, 2D inflated to 3D)."""
+        if pretrained is not None:
+            from iresvid.models.weights import load_pretrained
+
+            load_pretrained(self, pretrained)
+            return
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+            elif isinstance(m, nn.Linear):
+                m.reset_parameters()  # PyTorch's default, as at construction
+        self._init_weights(self._zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
         # As the official code: Kaiming-normal (fan_out) convs, BN weight 1 / bias 0.  Linear layers keep
