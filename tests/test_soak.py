@@ -62,4 +62,7 @@ def test_the_soak_catches_a_reader_kept_open_per_file(tmp_path):
     script.write_text(_READER_PER_FILE)
     record = soak_quick(tmp_path, str(script))
     (goal,) = record["goals"]
-    assert not goal["met"] and goal["value"] > 2 * record["config"]["limit_mib"], goal
+    # decord's decode threads buffer frames asynchronously, so the leak shows less on a busy machine:
+    # measured 39-48 MiB alone, 23.4 MiB beside the rest of the suite on 2 cores (the bound: 12 MiB; an
+    # honest loader grows about 1 MiB).
+    assert not goal["met"] and goal["value"] > 1.5 * record["config"]["limit_mib"], goal
