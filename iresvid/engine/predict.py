@@ -29,7 +29,7 @@ from torch import nn
 
 from iresvid.config import Config, ConfigError, load_config
 from iresvid.data.annotations import VIDEO_EXTENSIONS, Annotations, VideoRecord, read_class_index
-from iresvid.data.datasets import ClipDataset
+from iresvid.data.datasets import ClipDataset, _reason
 from iresvid.data.loader import build_loader, collate_clips
 from iresvid.data.sampling import uniform_clips
 from iresvid.data.transforms import resize_short_side
@@ -425,11 +425,6 @@ def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
     if amp not in AMP_DTYPES:
         raise PredictError(f"amp must be 'auto' or one of {tuple(AMP_DTYPES)}, got {amp!r}")
     return AMP_DTYPES[amp]
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".strip()
 
 
 def _load(
