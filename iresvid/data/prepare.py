@@ -331,16 +331,13 @@ def _encode(job: _Job, video: SourceVideo, source: Path, described: dict) -> dic
     try:
         assert isinstance(reader, PyAVReader)
         index = reader.index
-        described |= {
-            "codec": reader._stream.codec_context.codec.canonical_name,  # "av1", not the decoder "libdav1d"
-            "container": reader._container.format.name,
+        described |= reader.describe() | {
             "frames": index.num_frames,
             "fps": round(index.fps, 6),
             "height": index.size[0],
             "width": index.size[1],
             "bits": index.bits,
             "rotation": 90 * index.quarter_turns,
-            "audio": bool(reader._container.streams.audio),
         }
         if index.num_frames < job.options.min_frames:
             status = f"{TOO_SHORT}: {index.num_frames} frames, fewer than {job.options.min_frames}"

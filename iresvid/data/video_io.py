@@ -250,6 +250,15 @@ class PyAVReader(VideoReader):
         self.fps = self.index.fps
         self.height, self.width = self.index.size
 
+    def describe(self) -> dict:
+        """The file as found: its codec (FFmpeg's canonical name, "av1" rather than the decoder "libdav1d"),
+        its container and whether it carries audio."""
+        return {
+            "codec": self._stream.codec_context.codec.canonical_name,
+            "container": self._container.format.name,
+            "audio": bool(self._container.streams.audio),
+        }
+
     def _open_container(self) -> None:
         import av
 
