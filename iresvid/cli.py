@@ -16,17 +16,7 @@ import sys
 from pathlib import Path
 
 from iresvid.benchmarks import add_arguments as add_benchmark_arguments
-
-# Errors that are the user's to fix: printed as one clear line, no traceback.
-_USER_ERRORS = (
-    "ConfigError",
-    "CheckpointError",
-    "CheckpointWriteError",
-    "DatasetUnreadableError",
-    "ExportCheckError",
-    "PredictError",
-    "PrepareError",
-)
+from iresvid.errors import UserError
 
 
 def setup_logging(output_dir: str | Path | None) -> None:
@@ -49,14 +39,9 @@ def run_guarded(fn) -> int:
     """Run a command; a mistake in its input ends it with a one-line message and exit code 2."""
     try:
         fn()
-    except FileNotFoundError as e:
+    except (UserError, FileNotFoundError) as e:  # the user's to fix: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
-        if type(e).__name__ in _USER_ERRORS:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
     return 0
 
 

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from iresvid.config.schema import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from iresvid.errors import ConfigError
 
 __all__ = [
     "Config",
@@ -32,10 +33,6 @@ __all__ = [
     "load_config",
     "to_dict",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration mistake; the message names the key (and the file it came from)."""
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -36,11 +36,12 @@ from iresvid.data.annotations import Annotations, VideoRecord
 from iresvid.data.sampling import random_clip, segment_indices, uniform_clips
 from iresvid.data.transforms import GpuAugment, resize_short_side
 from iresvid.data.video_io import DEFAULT_BACKEND, open_video
+from iresvid.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class DatasetUnreadableError(RuntimeError):
+class DatasetUnreadableError(UserError, RuntimeError):
     """Every attempt to load a sample failed: the dataset (or its decoder) is broken, not one file."""
 
 

@@ -52,6 +52,7 @@ from iresvid.data.manifest import (
     status_kind,
 )
 from iresvid.data.video_io import BACKENDS, PyAVReader, VideoDecodeError, open_video
+from iresvid.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ SAMPLED_FRAMES = 8  # frames decoded and compared by ``verify="sample"``
 THUMB = 8  # block size of the thumbnails compared
 
 
-class PrepareError(Exception):
+class PrepareError(UserError):
     """A mistake in how prepare was asked to run (options, folders, shards): the user's to fix."""
 
 

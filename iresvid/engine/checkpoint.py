@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 import iresvid
+from iresvid.errors import UserError
 from iresvid.models.weights import CheckpointError, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ _EPOCH_NAME = re.compile(r"^epoch_(\d+)\.pth$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(UserError, OSError):
     """A checkpoint could not be written; the previous file at ``path`` (if any) is unchanged."""
 
     def __init__(self, path: Path, reason: str, err: int | None = None):

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from iresvid.engine.build import load_trained, norm_stats
+from iresvid.errors import UserError
 from iresvid.models import create_model
 
 FORMATS = ("torchscript", "onnx")
@@ -32,7 +33,7 @@ _QUIET = (
 )
 
 
-class ExportCheckError(RuntimeError):
+class ExportCheckError(UserError, RuntimeError):
     """A reloaded export computes something other than the eager model."""
 
 

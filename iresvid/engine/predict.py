@@ -43,6 +43,7 @@ from iresvid.engine.build import (
 )
 from iresvid.engine.evaluate import crop_probability_sums, readable_views, view_logits
 from iresvid.engine.trainer import AMP_DTYPES
+from iresvid.errors import UserError
 from iresvid.models.weights import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Failure:
     error: str
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     """An input to prediction (a video, a window, a model source) that cannot be used; names it."""
 
 

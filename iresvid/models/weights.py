@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from iresvid.errors import UserError
+
 log = logging.getLogger(__name__)
 
 INFLATE_INITS = ("center", "average")
@@ -60,7 +62,7 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "modu
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used for this model; the message names the file and the keys."""
 
 
