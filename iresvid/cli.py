@@ -36,13 +36,14 @@ def setup_logging(output_dir: str | Path | None) -> None:
 
 
 def run_guarded(fn) -> int:
-    """Run a command; a mistake in its input ends it with a one-line message and exit code 2."""
+    """Run a command (its exit status, 0 when it returns none); a mistake in its input ends it with a
+    one-line message and exit code 2."""
     try:
-        fn()
+        status = fn()
     except (UserError, FileNotFoundError) as e:  # the user's to fix: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 def _zoo(args: argparse.Namespace) -> int:
@@ -67,17 +68,23 @@ def _make_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+TRAIN_USAGE = """usage: iresvid train --config FILE [--resume auto|CHECKPOINT] [-m] [key=value ...]
+
+Train as the YAML FILE says, through Hydra: key=value overrides in Hydra's grammar (+key=value adds,
+~key removes), -m for a multirun sweep (optim.lr=0.05,0.1 runs both), hydra/launcher=submitit_slurm
+with hydra.launcher.* for a SLURM cluster.  Hydra's own flags (--cfg job, --info, --hydra-help) work.
+"""
+
+
+def _train(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(TRAIN_USAGE, end="")
+        return 0
+
     def run():
-        import json
+        from iresvid.engine.launch import train_main
 
-        from iresvid.config import load_config
-        from iresvid.engine.trainer import train
-
-        overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
-        cfg = load_config(args.config, overrides)
-        setup_logging(cfg.train.output_dir)
-        print(json.dumps(train(cfg), indent=2))
+        return train_main(argv)
 
     return run_guarded(run)
 
@@ -272,11 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iresvid", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)")
-    train.add_argument("--config", required=True, help="YAML file (see configs/)")
-    train.add_argument("--resume", default=None, help="'auto' or a checkpoint path (sets train.resume)")
-    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=/data optim.lr=0.2")
-    train.set_defaults(func=_train)
+    # `train` takes Hydra's command line (see TRAIN_USAGE): `main` hands it over before argparse reads it.
+    sub.add_parser("train", help="train from a YAML config through Hydra (sweeps: -m; SLURM: submitit)")
 
     test = sub.add_parser("test", help="clip- and video-level evaluation of a checkpoint, with reports")
     test.add_argument("--checkpoint", required=True)
@@ -319,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        return _train(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

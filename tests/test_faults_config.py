@@ -17,6 +17,7 @@ from torch.utils.data import dataloader
 from iresvid import cli
 from iresvid.config import ConfigError, load_config
 from iresvid.data.synthetic import make_demo_data
+from iresvid.engine import parts
 from iresvid.engine import trainer as trainer_module
 from iresvid.engine.dist import DistInfo
 from iresvid.engine.trainer import Trainer
@@ -91,7 +92,7 @@ def test_a_clip_as_long_as_the_longest_video_is_accepted(demo_root, tmp_path):
 
 def test_a_typo_in_a_yaml_file_names_the_file_and_the_key(demo_root, tmp_path, train_cli):
     config = tmp_path / "mine.yaml"
-    config.write_text(f"defaults: [{DEMO_CONFIG}]\ndata:\n  batchsize: 8\n")
+    config.write_text("defaults: [demo_synthetic, _self_]\ndata:\n  batchsize: 8\n")  # a shipped config
     code, _, err = train_cli("--config", str(config), *tiny(demo_root, tmp_path))
     assert code == 2 and len(err) == 1
     assert f"{config}: unknown config key 'data.batchsize'; did you mean 'data.batch_size'?" in err[0]
@@ -104,8 +105,9 @@ def _no_collective(*args, **kwargs):
 def test_a_batch_that_does_not_split_over_processes_fails_before_any_collective(
     demo_root, tmp_path, monkeypatch, train_cli
 ):
-    for name in ("init_distributed", "DistributedDataParallel", "gather_objects", "all_reduce_sum"):
+    for name in ("init_distributed", "gather_objects", "all_reduce_sum"):
         monkeypatch.setattr(trainer_module, name, _no_collective)
+    monkeypatch.setattr(parts, "DistributedDataParallel", _no_collective)
     monkeypatch.setattr(torch.distributed, "init_process_group", _no_collective)
     cfg = load_config(DEMO_CONFIG, tiny(demo_root, tmp_path))  # batch 8
     three = DistInfo(world_size=3, rank=0, local_rank=0, device=torch.device("cpu"))

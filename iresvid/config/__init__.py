@@ -1,21 +1,28 @@
-"""Configuration: a YAML file over the typed schema, then ``key=value`` overrides (Hydra's syntax).
+"""Configuration: the typed schema in Hydra's ConfigStore, a YAML file composed over it, then overrides.
 
     cfg = load_config("configs/iresnet3d50_kinetics.yaml", ["data.root=/data/k400", "optim.lr=0.2"])
+    cfg = load_config({"data": {"root": "/data/k400"}})          # a dict (e.g. a checkpoint's saved config)
 
-A YAML file may start from others with ``defaults: [base.yaml, ...]`` (paths relative to it).  Unknown keys
-are rejected naming the key and its nearest valid spelling; wrong types and out-of-range values name the key.
+Composition is Hydra's: a file may start from others with a ``defaults:`` list (config names or paths
+relative to it, e.g. ``defaults: [iresnet3d50_kinetics, _self_]``), and overrides use Hydra's grammar
+(``key=value``, ``+key=value``, ``~key``, lists ``[1,2]``).  What Hydra reports as a composition error is
+turned into one line naming the key, its nearest valid spelling and the file it came from; wrong types and
+out-of-range values name the key.  ``tools/train.py`` runs the same composition through ``hydra.main``
+(multirun, launchers): see `iresvid.engine.launch`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from iresvid.config.schema import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
@@ -29,49 +36,126 @@ __all__ = [
     "OptimConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "SCHEMA",
+    "compose",
     "describe_schema",
+    "from_composed",
     "load_config",
+    "register_schema",
     "to_dict",
+    "to_yaml",
 ]
 
+SCHEMA = "iresvid_schema"  # the typed schema's name in Hydra's ConfigStore
+_ENTRY = "iresvid_compose"  # the primary config `compose` builds: the schema, then the user's config
+_GIVEN = "iresvid_given"  # a config given as a dict, stored so that overrides apply to it the same way
+CLI_SOURCE = "command-line overrides"
+# The shipped configs, on Hydra's search path: a config of one's own anywhere may start from them by name
+# (``defaults: [iresnet3d50_kinetics, _self_]``).  Absent when iresvid is installed without the repository.
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    layers: list[tuple[str, dict]] = []
-    if path is not None:
-        layers.extend(_read_yaml(Path(path), seen=()))
-    try:
-        dotlist = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from e
-    for override in overrides:
-        if "=" not in override:
-            raise ConfigError(f"override {override!r} is not key=value (e.g. optim.lr=0.1)")
-    layers.append(("command-line overrides", dotlist))
 
-    merged = OmegaConf.structured(Config)
-    for source, layer in layers:
-        _check_keys(layer, Config, "", source)
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as e:
-            key = getattr(e, "full_key", None) or "?"
-            reason = str(e).splitlines()[0]
-            raise ConfigError(f"{source}: bad value for '{key}': {reason}") from e
+def register_schema() -> None:
+    """Put the schema into Hydra's ConfigStore (idempotent): configs composed over it are typed."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA, node=Config)
+
+
+def load_config(source: str | Path | Mapping | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The config of a YAML file, of a dict, or the defaults (``None``), with ``overrides``, checked."""
+    composed, origin = compose(source, overrides)
+    return from_composed(composed, origin, overrides)
+
+
+def compose(
+    source: str | Path | Mapping | None, overrides: Sequence[str] = ()
+) -> tuple[DictConfig, dict[str, str]]:
+    """Hydra's composition of ``source`` over the schema: (config, where each config name came from).
+
+    Hydra errors become `ConfigError` naming the key and the file.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+
+    register_schema()
+    store = ConfigStore.instance()
+    overrides = list(overrides)
+    if source is None or isinstance(source, Mapping | DictConfig):
+        name, folder = (None, None) if source is None else (_GIVEN, None)
+        origin = {"": CLI_SOURCE} if source is None else {"": "the given config", _GIVEN: "the given config"}
+        if source is not None:
+            node = OmegaConf.to_container(source) if isinstance(source, DictConfig) else dict(source)
+            if "defaults" in node:  # a dict is plain data: what it is made of was composed already
+                raise ConfigError("the given config has a 'defaults' list: give a YAML file to compose it")
+            store.store(name=_GIVEN, node=node)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        _check_yaml(path)
+        name, folder = path.stem, path.resolve().parent
+        origin = {"": str(path), name: str(path)} | _names_in(folder, path)
+    store.store(name=_ENTRY, node=entry_node(name))
+    with _own_hydra():
+        # (Hydra's initialisers take effect when constructed, and undo themselves on exit.)
+        init = (
+            initialize(version_base="1.3", config_path=None)
+            if folder is None
+            else initialize_config_dir(config_dir=str(folder), version_base="1.3")
+        )
+        with init:
+            try:
+                return hydra_compose(config_name=_ENTRY, overrides=overrides), origin
+            except Exception as e:  # noqa: BLE001 — Hydra's and OmegaConf's errors, read for the key
+                raise translate_error(e, origin) from e
+
+
+def entry_node(config_name: str | None) -> dict:
+    """A primary config: the schema, then the named config over it (its own defaults list included)."""
+    node: dict = {"defaults": [SCHEMA, "_self_", *([config_name] if config_name else [])]}
+    if SHIPPED_CONFIGS.is_dir():
+        node["hydra"] = {"searchpath": [SHIPPED_CONFIGS.as_uri()]}
+    return node
+
+
+def from_composed(
+    composed: DictConfig, origin: Mapping[str, str] | None = None, overrides: Sequence[str] = ()
+) -> Config:
+    """The typed, checked `Config` of a composed config (Hydra's job config in ``tools/train.py``)."""
+    container = OmegaConf.to_container(composed, resolve=False)
+    container.pop("hydra", None)
+    source = (origin or {}).get("", "the config")
     try:
+        _check_keys(container, Config, "", source)
+    except ConfigError as e:  # a key that `+key=value` added is the command line's, not the file's
+        added = [o for o in overrides if o.startswith("+") and f"'{o.lstrip('+').split('=')[0]}'" in str(e)]
+        if not added:
+            raise
+        raise ConfigError(CLI_SOURCE + str(e)[str(e).index(": unknown") :]) from e
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), container)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
-        missing = (
-            "a required value is missing" if "missing mandatory" in str(e).lower() else str(e).splitlines()[0]
-        )
-        raise ConfigError(f"'{key}': {missing} (set it in the YAML file or as {key}=...)") from e
+        if "missing mandatory" in str(e).lower():
+            raise ConfigError(
+                f"'{key}': a required value is missing (set it in the YAML file or as {key}=...)"
+            ) from e
+        raise ConfigError(f"{source}: bad value for '{key}': {_first_line(e)}") from e
     _check_values(cfg, "")
     return cfg
 
 
 def to_dict(cfg: Config) -> dict:
-    """The config as plain containers (for checkpoints and logs)."""
+    """The config as plain, resolved containers (for checkpoints and logs)."""
     return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The fully resolved config as YAML: what a run saves beside its checkpoints (``config.yaml``)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
 def describe_schema(cls=Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
@@ -89,25 +173,101 @@ def describe_schema(cls=Config, prefix: str = "") -> list[tuple[str, str, str, s
     return rows
 
 
-# --------------------------------------------------------------------------------------- internals
+# ---------------------------------------------------------------------------------- Hydra's errors
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...]) -> list[tuple[str, dict]]:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.resolve() in seen:
-        raise ConfigError(f"config {path} includes itself through 'defaults'")
+def translate_error(error: Exception, origin: Mapping[str, str]) -> ConfigError:
+    """One line from what Hydra or OmegaConf raised while composing: the key, the file, the way out."""
+    if isinstance(error, ConfigError):
+        return error
+    text = str(error)
+    cause = error.__cause__ or error
+    found = re.match(r"In '([^']+)': ", text)
+    source = origin.get(found.group(1), f"{found.group(1)}.yaml") if found else CLI_SOURCE
+    key = getattr(cause, "full_key", None) or _search(r"full_key: (\S+)", str(cause))
+    if type(error).__name__ == "OverrideParseException":
+        override = _search(r"override '([^']*)'", text) or text
+        return ConfigError(
+            f"override {override!r} is not key=value (e.g. optim.lr=0.1; Hydra's grammar: +key=value "
+            f"adds, ~key removes): {text.splitlines()[1] if len(text.splitlines()) > 1 else text}"
+        )
+    if type(error).__name__ == "MissingConfigException":
+        missing = _search(r"Could not (?:load|find) '([^']+)'", text) or "?"
+        return ConfigError(f"{source}: 'defaults' names {missing!r}, which is not a config next to it")
+    if key and re.search(r"Key '[^']+' (is )?not in", str(cause)):
+        return ConfigError(_unknown_key_message(key, source))
+    if isinstance(cause, yaml.YAMLError):
+        return ConfigError(f"{source} (or a file in its defaults): not valid YAML: {cause}")
+    if key:
+        reason = _first_line(cause)
+        if "is not a subclass of" in reason:
+            return ConfigError(f"{source}: '{key}' is a section; expected keys under it ({reason})")
+        return ConfigError(f"{source}: bad value for '{key}': {reason}")
+    return ConfigError(f"{source}: {_first_line(error)}")
+
+
+def _unknown_key_message(key: str, source: str) -> str:
+    *parents, leaf = key.split(".")
+    cls, prefix = Config, ""
+    for part in parents:
+        hint = typing.get_type_hints(cls).get(part)
+        if not dataclasses.is_dataclass(hint):
+            break
+        cls, prefix = hint, f"{prefix}{part}."
+    fields = sorted(f.name for f in dataclasses.fields(cls))
+    close = difflib.get_close_matches(leaf, fields, n=1, cutoff=0.5)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+    return f"{source}: unknown config key '{key}'{hint} (valid keys here: {', '.join(fields)})"
+
+
+def _search(pattern: str, text: str) -> str | None:
+    found = re.search(pattern, text)
+    return found.group(1) if found else None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def _check_yaml(path: Path) -> None:
+    """The given file itself: Hydra's YAML errors do not say which file they are in."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from e
+    if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
-    layers = []
-    for base in data.pop("defaults", None) or []:
-        layers.extend(_read_yaml(path.parent / base, seen + (path.resolve(),)))
-    layers.append((str(path), data))
-    return layers
+
+
+def _names_in(folder: Path, primary: Path) -> dict[str, str]:
+    """Config name → file, for the YAML files Hydra can reach from the primary config's folder."""
+    names = {}
+    for path in folder.rglob("*.y*ml"):
+        relative = path.relative_to(folder).with_suffix("").as_posix()
+        names[relative] = str(primary.parent / path.relative_to(folder))
+    return names
+
+
+@contextlib.contextmanager
+def _own_hydra() -> Iterator[None]:
+    """Compose even inside a Hydra job (whose GlobalHydra is initialised), restoring it afterwards."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = GlobalHydra.instance()
+    if not hydra.is_initialized():
+        yield
+        return
+    saved = hydra.hydra
+    hydra.clear()
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().initialize(saved)
+
+
+# ------------------------------------------------------------------------------------ the schema
 
 
 def _check_keys(node: dict, cls, prefix: str, source: str) -> None:
@@ -116,11 +276,7 @@ def _check_keys(node: dict, cls, prefix: str, source: str) -> None:
     for key, value in node.items():
         full = f"{prefix}{key}"
         if key not in fields:
-            close = difflib.get_close_matches(str(key), sorted(fields), n=1, cutoff=0.5)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"{source}: unknown config key '{full}'{hint} (valid keys here: {', '.join(sorted(fields))})"
-            )
+            raise ConfigError(_unknown_key_message(full, source))
         if dataclasses.is_dataclass(hints[key]):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{full}' is a section; expected keys under it, got {value!r}")

@@ -1,4 +1,4 @@
-"""Distributed setup: torchrun's env:// variables when present, a plain single process otherwise."""
+"""Distributed setup: torchrun's env:// variables, or SLURM's tasks (submitit, ``srun``), else one process."""
 
 from __future__ import annotations
 
@@ -34,10 +34,49 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def adopt_slurm_tasks() -> bool:
+    """Describe SLURM's tasks in torchrun's variables, so that each task joins the process group itself.
+
+    Under a submitit job (Hydra's ``hydra/launcher=submitit_slurm``) or ``srun`` with several tasks, SLURM
+    starts one process per task with SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and the node list; there is
+    no torchrun.  The first node is the rendezvous, on a port derived from the job id (submitit's rule), so
+    every task of the job finds the same address.  Nothing changes where torchrun's WORLD_SIZE is already set
+    or where there is one task.  True when the variables were set.
+    """
+    if "WORLD_SIZE" in os.environ:
+        return False
+    submitit_job = "SUBMITIT_EXECUTOR" in os.environ
+    if not submitit_job and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if submitit_job:
+        tasks = TorchDistributedEnvironment()
+    else:  # plain srun: submitit reads SLURM's variables once told that it runs there
+        os.environ["SUBMITIT_EXECUTOR"] = "slurm"
+        try:
+            tasks = TorchDistributedEnvironment()
+        finally:
+            del os.environ["SUBMITIT_EXECUTOR"]
+    if tasks.world_size <= 1:
+        return False
+    tasks.export(set_cuda_visible_devices=False)  # every task sees the node's GPUs and takes LOCAL_RANK's
+    log.info(
+        "SLURM tasks: rank %d of %d (local %d), rendezvous %s:%d",
+        tasks.rank,
+        tasks.world_size,
+        tasks.local_rank,
+        tasks.master_addr,
+        tasks.master_port,
+    )
+    return True
+
+
 def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
-    Works across nodes (torchrun --nnodes N --rdzv-endpoint ...).  Without torchrun: world size 1, no group.
+    Works across nodes (torchrun --nnodes N --rdzv-endpoint ..., or SLURM tasks described by
+    `adopt_slurm_tasks`).  Without either: world size 1, no group.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
