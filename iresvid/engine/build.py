@@ -155,7 +155,7 @@ def load_trained(
             f"weights, build the model with iresvid.create_model(name, pretrained=...)"
         )
     if cfg is None:
-        cfg = _config_from_checkpoint(state, overrides)
+        cfg = load_config(state["config"], list(overrides))  # the run's saved, resolved config
     classes = list(state["classes"])
     cfg.model.pretrained = None
     model = build_model(cfg, len(classes))
@@ -164,16 +164,3 @@ def load_trained(
     weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
     model.load_state_dict(weights)
     return model.eval(), cfg, classes
-
-
-def _config_from_checkpoint(state: dict, overrides) -> Config:
-    import tempfile
-
-    import yaml
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(state["config"], f)
-    try:
-        return load_config(f.name, list(overrides))
-    finally:
-        Path(f.name).unlink()
