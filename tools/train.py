@@ -1,5 +1,9 @@
 """Train a model: ``python tools/train.py --config configs/iresnet3d50_kinetics.yaml [key=value ...]``.
 
+Through Hydra (`iresvid.engine.launch`): overrides in Hydra's grammar, ``-m`` for a multirun sweep
+(``-m optim.lr=0.05,0.1`` trains both, then prints one table), ``-m hydra/launcher=submitit_slurm
+hydra.launcher.nodes=2 ...`` for SLURM jobs that requeue themselves when preempted.
+
 Several processes (GPUs, nodes): ``torchrun --nproc-per-node N tools/train.py --config ...``.  Resume the
 latest checkpoint of the run's output folder with ``--resume auto`` (or give a checkpoint path).
 Same as ``iresvid train``.
