@@ -66,7 +66,8 @@ def test_a_mistake_in_a_base_file_names_that_file(tmp_path):
 def test_hydra_grammar_in_overrides():
     cfg = load_config(None, ["data.root=/d", "data.jitter_sizes=[230,240]", "model.temporal_strides=[1,2,2,2]"])
     assert cfg.data.jitter_sizes == [230, 240] and cfg.model.temporal_strides == [1, 2, 2, 2]
-    assert load_config(None, ["data.root=/d", "model.depth=18", "~model.depth"]).model.depth is None
+    with pytest.raises(ConfigError, match="'model.depth': ModelConfig .* does not support deletion"):
+        load_config(None, ["data.root=/d", "~model.depth"])  # a schema key is always there
     with pytest.raises(
         ConfigError, match="^command-line overrides: unknown config key 'train.sead'; did you "
     ):
