@@ -194,6 +194,12 @@ def translate_error(error: Exception, origin: Mapping[str, str]) -> ConfigError:
     if type(error).__name__ == "MissingConfigException":
         missing = _search(r"Could not (?:load|find) '([^']+)'", text) or "?"
         return ConfigError(f"{source}: 'defaults' names {missing!r}, which is not a config next to it")
+    deleted = _search(r"Could not delete from config\. '([^']+)'", text) or (
+        key if "does not support deletion" in str(cause) else None
+    )
+    if deleted:
+        message = f"'{deleted}' is a schema key and cannot be removed (set it to null)"
+        return ConfigError(f"{CLI_SOURCE}: {message}")
     if key and re.search(r"Key '[^']+' (is )?not in", str(cause)):
         return ConfigError(_unknown_key_message(key, source))
     if isinstance(cause, yaml.YAMLError):
