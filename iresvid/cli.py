@@ -175,8 +175,39 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from iresvid.data import prepare as prep
 
+    def job_options() -> prep.JobOptions | None:
+        """The job array the flags ask for (None: prepare here), or the mistake in them."""
+        field_of = {
+            "--slurm-partition": "partition", "--slurm-time": "time_min", "--slurm-cpus": "cpus",
+            "--slurm-account": "account", "--slurm-qos": "qos",
+            "--slurm-array-parallelism": "array_parallelism",
+        }  # fmt: skip
+        slurm = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in field_of}
+        slurm = {flag: value for flag, value in slurm.items() if value is not None}  # the flags given
+        if args.launcher is None:
+            if args.shards is not None or args.no_wait or slurm:
+                raise prep.PrepareError("--shards, --no-wait and --slurm-* need --launcher slurm or local")
+            return None
+        if args.shards is None:
+            raise prep.PrepareError("--launcher runs a job array of shards: give --shards N")
+        if args.shards < 1:
+            raise prep.PrepareError(f"--shards: N must be at least 1, got {args.shards}")
+        if args.shard is not None or args.merge:
+            raise prep.PrepareError(
+                "--shards N prepares (and merges) every shard as a job array: drop --shard and --merge"
+            )
+        if args.launcher == "local":
+            if slurm:
+                raise prep.PrepareError(f"{', '.join(slurm)}: for --launcher slurm, not local")
+            cpus = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // args.shards)
+            return prep.JobOptions("local", cpus=cpus, time_min=None)
+        if args.workers is not None:
+            raise prep.PrepareError("--workers: a SLURM task runs --slurm-cpus encoding processes")
+        return prep.JobOptions("slurm", **{field_of[flag]: value for flag, value in slurm.items()})
+
     def run():
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        jobs = job_options()
         if args.merge:
             if len(args.paths) != 1:
                 raise prep.PrepareError("prepare --merge takes one folder: the prepared root DST")
@@ -196,21 +227,35 @@ def _prepare(args: argparse.Namespace) -> int:
         annotation_options |= {
             key: getattr(args, key) for key in prep.ANNOTATION_OPTIONS if getattr(args, key) is not None
         }
-        report = prep.prepare(
-            *args.paths,
-            fmt or "folder",
-            short_side=args.short_side,
-            gop=args.gop,
-            crf=args.crf,
-            preset=args.preset,
-            keep_audio=args.keep_audio,
-            min_frames=args.min_frames,
-            verify=args.verify,
-            workers=args.workers,
-            shard=prep.parse_shard(args.shard),
-            progress=not args.no_progress,
+        options = {
+            "short_side": args.short_side,
+            "gop": args.gop,
+            "crf": args.crf,
+            "preset": args.preset,
+            "keep_audio": args.keep_audio,
+            "min_frames": args.min_frames,
+            "verify": args.verify,
             **annotation_options,
-        )
+        }
+        if jobs is None:
+            report = prep.prepare(
+                *args.paths,
+                fmt or "folder",
+                workers=args.workers,
+                shard=prep.parse_shard(args.shard or "0/1"),
+                progress=not args.no_progress,
+                **options,
+            )
+        else:
+            submitted = prep.submit_shards(
+                *args.paths, fmt or "folder", shards=args.shards, jobs=jobs, **options
+            )
+            ids = ", ".join(sorted({job.job_id.split("_")[0] for job in submitted}))  # SLURM: one array id
+            print(f"submitted {len(submitted)} shards (job {ids}); logs in {submitted[0].paths.folder}")
+            if args.no_wait:
+                print(f"once they have finished, run: iresvid prepare --merge {args.paths[1]}")
+                return
+            report = prep.wait_for_shards(args.paths[1], submitted)
         print(report.summary, end="")
         if report.manifest is None:
             print(
@@ -253,12 +298,40 @@ def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="encoding processes (default: one per core)"
     )
-    parser.add_argument("--shard", default="0/1", help="I/N: prepare the I-th (0-based) of N parts")
+    parser.add_argument(
+        "--shard", default=None, help="I/N: prepare the I-th (0-based) of N parts (default 0/1: all)"
+    )
     parser.add_argument(
         "--verify", choices=("full", "sample"), default="sample", help="decode every output frame, or some"
     )
     parser.add_argument("--merge", action="store_true", help="merge the finished shards of DST (one path)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    array = parser.add_argument_group(
+        "job array", "prepare N shards as N tasks of one job array (submitit), then merge them"
+    )
+    array.add_argument("--shards", type=int, default=None, metavar="N", help="how many shards (tasks)")
+    array.add_argument(
+        "--launcher",
+        choices=("slurm", "local"),
+        default=None,
+        help="slurm: sbatch a job array; local: every task at once on this machine, --workers each "
+        "(default: the cores shared out)",
+    )
+    array.add_argument(
+        "--no-wait", action="store_true", help="submit and return; merge later with --merge DST"
+    )
+    array.add_argument("--slurm-partition", default=None, help="(default: the cluster's)")
+    array.add_argument(
+        "--slurm-time", type=int, default=None, metavar="MIN", help="per task, then requeued (default 240)"
+    )
+    array.add_argument(
+        "--slurm-cpus", type=int, default=None, help="per task, each an encoding process (default 8)"
+    )
+    array.add_argument("--slurm-account", default=None)
+    array.add_argument("--slurm-qos", default=None)
+    array.add_argument(
+        "--slurm-array-parallelism", type=int, default=None, metavar="K", help="tasks running at once"
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:

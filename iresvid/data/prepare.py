@@ -13,6 +13,8 @@ Each finished video is appended to the shard's journal (one manifest line, flush
 is done — after checking it (``verify``) — and resumes.  ``shard=(i, n)`` takes the videos whose path hashes
 to ``i`` modulo ``n``: a cluster job array splits the work, and `merge_shards` joins the shards' journals
 into the one ``manifest.jsonl`` (see `iresvid.data.manifest`), which a single-shard run writes itself.
+`submit_shards` runs the shards as one job array (SLURM, or this machine) through submitit, each task
+requeued when preempted or out of time, and `wait_for_shards` reports the failed ones or merges.
 The prepared root also gets the source's annotation files, rewritten for the ``.mp4`` names where they hold
 file names, so a config trains on it by changing ``data.root``; and a human summary.
 """
@@ -27,14 +29,16 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 import zlib
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -54,6 +58,9 @@ from iresvid.data.manifest import (
 from iresvid.data.video_io import BACKENDS, PyAVReader, VideoDecodeError, open_video
 from iresvid.errors import UserError
 
+if TYPE_CHECKING:
+    import submitit  # the 'cluster' extra: imported where a job array is submitted
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("kinetics", "ucf101", "folder", "list")
@@ -64,6 +71,7 @@ ANNOTATION_OPTIONS = (
 )  # fmt: skip
 VERIFY_MODES = ("full", "sample")
 STATE_DIR = ".prepare"  # journals, shard markers and temporary files, inside the prepared root
+JOBS_DIR = "jobs"  # a job array's logs (submitit's), in STATE_DIR; the only part a merge keeps
 OPTIONS_NAME = "prepare.json"
 SUMMARY_NAME = "prepare_summary.txt"
 MIN_PSNR = 30.0  # dB, output against encoder input on 8x8 block means: codec noise averages out, a wrong or
@@ -691,9 +699,19 @@ def _worker_init() -> None:
     """Workers die with the run (a killed run must not leave encoders writing), and use one thread each."""
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        # SLURM signals every process of a job: SIGTERM when it preempts it, submitit's requeue signal before
+        # its time limit.  They are the run's to handle (see `ShardTask`); a worker that died of one would
+        # fail the run instead of letting it requeue.  Dying with the run, the workers still end with it.
+        for number in (signal.SIGTERM, _requeue_signal()):
+            signal.signal(number, signal.SIG_IGN)
     import torch
 
     torch.set_num_threads(1)
+
+
+def _requeue_signal() -> int:
+    """The signal submitit takes for "checkpoint and requeue": USR2, unless SUBMITIT_PREEMPT_SIGNAL says."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
 
 
 def _cpu_count() -> int:
@@ -734,7 +752,8 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Named by host and process: the tasks of a job array, on several hosts, write the same annotation files.
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
     return True
@@ -792,10 +811,24 @@ def merge_shards(
     report = tally.report(listed, dst / MANIFEST_NAME, "")
     if changed or not (dst / SUMMARY_NAME).is_file():
         _write_if_changed(dst / SUMMARY_NAME, report.summary.encode())
-    shutil.rmtree(state)
+    _remove_state(state)
     if not quiet:
         print(report.summary, end="")
     return report
+
+
+def _remove_state(state: Path) -> None:
+    """Delete the journals, markers and temporary files once merged, but not a job array's logs: they tell
+    how the run went, and the task of a one-shard array is still writing its own while it merges."""
+    for path in state.iterdir():
+        if path.name == JOBS_DIR:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if not any(state.iterdir()):
+        state.rmdir()
 
 
 class _Tally:
@@ -871,3 +904,163 @@ class _Tally:
         if len(bad) > 20:
             lines.append(f"  ... and {len(bad) - 20} more not usable (see {MANIFEST_NAME})")
         return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ a job array
+
+LAUNCHERS = ("slurm", "local")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How `submit_shards` runs the shards: one job array through submitit, a task per shard."""
+
+    launcher: str = "slurm"  # or "local": submitit's LocalExecutor, every task at once on this machine
+    cpus: int = 8  # per task, each an encoding process
+    time_min: int | None = 240  # per task; a task that reaches it is requeued (None: no limit, local only)
+    max_requeues: int = 3  # at the time limit (requeues after a preemption are not counted)
+    partition: str | None = None  # this and the rest: SLURM's (None: the cluster's default)
+    account: str | None = None
+    qos: str | None = None
+    array_parallelism: int | None = None  # tasks running at once (None: submitit's default, 256)
+
+    def __post_init__(self) -> None:
+        if self.launcher not in LAUNCHERS:
+            raise PrepareError(f"prepare: launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
+        for name in ("cpus", "time_min", "array_parallelism"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PrepareError(f"prepare: {name} must be at least 1, got {value}")
+        if self.launcher == "slurm" and self.time_min is None:
+            raise PrepareError("prepare: a SLURM job needs a time limit (time_min)")
+        slurm_only = [n for n in ("partition", "account", "qos", "array_parallelism") if getattr(self, n)]
+        if self.launcher == "local" and slurm_only:
+            raise PrepareError(f"prepare: {', '.join(slurm_only)}: for the SLURM launcher, not 'local'")
+
+
+class ShardTask:
+    """One task of the job array: `prepare` of one shard, with an encoding process per CPU of the task.
+
+    It follows submitit's `submitit.helpers.Checkpointable` protocol (duck-typed, so that this module imports
+    without the 'cluster' extra): at submitit's signal (USR2, which SLURM sends ahead of the time limit, and
+    some clusters when they preempt), submitit calls ``checkpoint()``, saves the call it returns as the
+    task's submission and requeues the task.  The shard's progress is already on disk, in its journal, so
+    that call is this same one: the requeued task skips the videos the journal holds and prepares the rest.
+    A task that SLURM preempts and requeues by itself (SIGTERM, then SIGKILL) reruns the same call too.
+    """
+
+    def __init__(self, src: Path, dst: Path, format: str, shard: tuple[int, int], cpus: int, options: dict):
+        self.src, self.dst, self.format, self.shard = src, dst, format, shard
+        self.cpus, self.options = cpus, options
+
+    def __call__(self) -> PrepareReport:
+        i, n = self.shard
+        print(f"prepare: shard {i}/{n} of {self.src} into {self.dst}", flush=True)  # in the task's log
+        workers = self.cpus if self.cpus > 1 else 0  # one CPU: encode here; a worker would add its start-up
+        report = prepare(
+            self.src, self.dst, self.format, shard=self.shard, workers=workers, progress=False, **self.options
+        )
+        print(report.summary, end="", flush=True)
+        return report
+
+    def checkpoint(self):
+        from submitit.helpers import DelayedSubmission
+
+        i, n = self.shard
+        print(f"prepare: shard {i}/{n} interrupted; requeued, it resumes from its journal", flush=True)
+        return DelayedSubmission(self)
+
+
+def submit_shards(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    format: str = "folder",
+    *,
+    shards: int,
+    jobs: JobOptions = JobOptions(),
+    **prepare_options,
+) -> list[submitit.Job]:
+    """Submit the ``shards`` shards of preparing ``src`` into ``dst`` as one job array, a `ShardTask` each;
+    ``prepare_options`` are `prepare`'s other keyword arguments.  Returns submitit's jobs, in shard order:
+    pass them to `wait_for_shards`, or merge once they are done (``iresvid prepare --merge DST``).
+
+    submitit's logs go to ``dst/.prepare/jobs/``.  What every task would refuse (the options, the source's
+    listing) is refused here, before anything is submitted, and the options are recorded in ``prepare.json``
+    now: a task, or a later run on this machine, refuses other ones.
+    """
+    if shards < 1:
+        raise PrepareError(f"prepare: shards must be at least 1, got {shards}")
+    per_task = sorted({"shard", "workers", "progress"} & set(prepare_options))
+    if per_task:
+        raise PrepareError(f"prepare: {', '.join(per_task)}: submit_shards sets them for each task")
+    # As given, not made absolute: the tasks start in this folder (sbatch's default), and a corrupt video's
+    # status in the manifest quotes its path as the reader was given it, as a run here would.
+    src, dst = Path(src), Path(dst)
+    option_names = {f.name for f in fields(PrepareOptions)}
+    options = PrepareOptions(**{k: v for k, v in prepare_options.items() if k in option_names})
+    listing_options = {k: v for k, v in prepare_options.items() if k not in option_names and k != "verify"}
+    list_videos(src, format, **listing_options)
+    dst.mkdir(parents=True, exist_ok=True)
+    _claim(dst, options)
+    executor = _executor(dst / STATE_DIR / JOBS_DIR, jobs)
+    tasks = [ShardTask(src, dst, format, (i, shards), jobs.cpus, prepare_options) for i in range(shards)]
+    return executor.submit_array(tasks)
+
+
+def _executor(folder: Path, jobs: JobOptions) -> submitit.Executor:
+    try:
+        import submitit
+    except ImportError:
+        raise PrepareError("prepare: a job array needs submitit: pip install 'iresvid[cluster]'") from None
+    if jobs.launcher == "slurm" and shutil.which("srun") is None:
+        raise PrepareError("prepare: no SLURM here (srun is not on the PATH); submit from a login node")
+    # Both executors' options are given; AutoExecutor passes on the chosen one's.
+    executor = submitit.AutoExecutor(
+        folder, cluster=jobs.launcher, slurm_max_num_timeout=jobs.max_requeues,
+        local_max_num_timeout=jobs.max_requeues,
+    )  # fmt: skip
+    no_limit = 60 * 24 * 365  # a local task's "no time limit" (submitit's own default is 2 minutes)
+    executor.update_parameters(
+        name="iresvid-prepare",
+        timeout_min=jobs.time_min or no_limit,
+        cpus_per_task=jobs.cpus,
+        slurm_partition=jobs.partition,
+        slurm_account=jobs.account,
+        slurm_qos=jobs.qos,
+        slurm_array_parallelism=jobs.array_parallelism,
+        # Requeueable even where the cluster's default says otherwise: by submitit at the time limit, by
+        # SLURM itself when it preempts the task.
+        slurm_additional_parameters={"requeue": True},
+    )
+    return executor
+
+
+def wait_for_shards(dst: str | os.PathLike, jobs: list[submitit.Job]) -> PrepareReport:
+    """Wait for every task `submit_shards` submitted (``jobs``, in shard order), then merge the shards and
+    return the merged report.  A failed task raises `PrepareError`, a line per failed shard with its log,
+    and merges nothing: the other shards are done, and a re-run resumes every shard where it ended."""
+    failed = []
+    for i, job in enumerate(jobs):
+        reason = _failure(job)
+        if reason is not None:
+            failed.append(f"  shard {i}/{len(jobs)}: {reason} (log: {job.paths.stderr})")
+    if failed:
+        raise PrepareError(
+            f"prepare: {len(failed)} of {len(jobs)} shards failed; run the same command again to resume:\n"
+            + "\n".join(failed)
+        )
+    if len(jobs) == 1:
+        return jobs[0].result()  # a single shard's `prepare` merges it
+    return merge_shards(dst, quiet=True)
+
+
+def _failure(job: submitit.Job) -> str | None:
+    """Wait for a task; None if it finished, else the last line of its traceback or how it ended."""
+    from submitit.core.utils import FailedJobError
+
+    error = job.exception()
+    if error is None:
+        return None
+    if isinstance(error, FailedJobError):  # its message quotes the task's traceback between two rules
+        return str(error).split("-" * 22)[1].strip().splitlines()[-1]
+    return f"it ended without a result ({job.state})"
