@@ -17,15 +17,9 @@ import pytest
 import torch
 
 import iresvid
-from iresvid.engine import checkpoint
-from iresvid.engine.checkpoint import (
-    CheckpointManager,
-    CheckpointWriteError,
-    atomic_save,
-    capture_rng_state,
-    restore_rng_state,
-)
-from iresvid.models.weights import CheckpointError, read_checkpoint
+from iresvid import checkpoint_io
+from iresvid.checkpoint_io import CheckpointError, CheckpointWriteError, atomic_save, read_checkpoint
+from iresvid.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +44,7 @@ def test_atomic_save_keeps_the_old_file_until_the_complete_new_one_replaces_it(t
         seen.append((read_checkpoint(dst)["version"], read_checkpoint(src)["version"], Path(src).name))
         real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    monkeypatch.setattr(checkpoint_io.os, "replace", replace)
     atomic_save({"version": 2, "w": torch.ones(1000)}, path)
     ((old, new, temp_name),) = seen
     assert (old, new) == (1, 2)
@@ -93,9 +87,9 @@ def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_temp(tmp_path, monke
     atomic_save({"version": 1}, path)
     new = {"version": 2, "w": torch.randn(100_000)}  # 400 kB: larger than the "disk"
     if failure == "file write":
-        monkeypatch.setattr(checkpoint, "open", lambda file, mode: _FillingDisk(file, mode), raising=False)
+        monkeypatch.setattr(checkpoint_io, "open", lambda file, mode: _FillingDisk(file, mode), raising=False)
     elif failure == "fsync":
-        monkeypatch.setattr(checkpoint.os, "fsync", _fail_fsync)
+        monkeypatch.setattr(checkpoint_io.os, "fsync", _fail_fsync)
     elif failure == "torch.save":
         monkeypatch.setattr(torch, "save", _fail_torch_save)
     else:

@@ -1,8 +1,8 @@
 """Training checkpoints that are never lost or half-written, and a resume that never picks a broken one.
 
-Every file is written by `atomic_save`: into a temporary file in the same directory, flushed and fsynced,
-then renamed over the target.  A crash, ``kill -9`` or full disk at any moment leaves either the old file
-or the new one, never a truncated mix, and a failed write removes its temporary file.
+Every file is written atomically by `iresvid.checkpoint_io` (a temporary file beside the target, fsynced,
+then renamed over it): a crash, ``kill -9`` or full disk at any moment leaves either the old file or the
+new one, never a truncated mix.  This module decides which files there are and which one to resume from.
 
 `CheckpointManager` owns one run directory:
 
@@ -23,115 +23,28 @@ Only one process (rank 0) may save into a directory: rank 0 of a DDP job, and on
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
 import re
-import secrets
-import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
 import iresvid
-from iresvid.errors import UserError
-from iresvid.models.weights import CheckpointError, read_checkpoint
+from iresvid.checkpoint_io import (
+    CheckpointError,
+    atomic_copy,
+    atomic_save,
+    read_checkpoint,
+    remove_stale_temps,
+)
 
 log = logging.getLogger(__name__)
 
-_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
 _EPOCH_NAME = re.compile(r"^epoch_(\d+)\.pth$")
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-class CheckpointWriteError(UserError, OSError):
-    """A checkpoint could not be written; the previous file at ``path`` (if any) is unchanged."""
-
-    def __init__(self, path: Path, reason: str, err: int | None = None):
-        super().__init__(
-            f"cannot write checkpoint {path}: {reason}; the previous file there, if any, is unchanged"
-        )
-        # Set after construction: OSError(errno, msg) would prefix the message with "[Errno N]".
-        self.errno = err
-        self.path = path
-
-
-class _RecordingWriter:
-    """Passes writes through and remembers the `OSError` of a failed one.
-
-    ``torch.save`` turns a failing ``write`` into ``RuntimeError("unexpected pos …")`` and drops the OSError,
-    so without this a full disk could not be told apart from any other failure.
-    """
-
-    def __init__(self, file: BinaryIO):
-        self._file = file
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        try:
-            return self._file.write(data)
-        except OSError as e:
-            self.error = e
-            raise
-
-    def flush(self) -> None:
-        self._file.flush()
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable: without it a power cut can forget the rename."""
-    if os.name != "posix":  # Windows cannot open a directory; os.replace is all it offers
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        # Some file systems (certain network mounts) refuse fsync on a directory.  The rename itself has
-        # happened, so the new checkpoint is in place; only its durability against a power cut is unknown.
-        log.debug("fsync of directory %s failed (%s); the checkpoint was written", directory, e)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(
-    path: Path, write: Callable[[BinaryIO], Any], verify: Callable[[Path], Any] | None = None
-) -> None:
-    """Write ``path`` via a temporary file beside it; ``verify(temp)`` may veto it before the rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    writer = None
-    try:
-        with open(tmp, "xb") as f:
-            writer = _RecordingWriter(f)
-            write(writer)
-            f.flush()
-            os.fsync(f.fileno())
-        if verify is not None:
-            verify(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if not isinstance(e, Exception) or isinstance(e, CheckpointError):
-            raise  # KeyboardInterrupt & co., and the verifier's own, already clear, error
-        cause = writer.error if writer is not None and writer.error is not None else e
-        err = cause.errno if isinstance(cause, OSError) else None
-        detail = f"{type(cause).__name__}: {cause}"
-        raise CheckpointWriteError(path, f"disk full ({detail})" if err in _DISK_FULL else detail, err) from e
-    _fsync_directory(path.parent)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` that leaves either the old file or the complete new one, never a torn one.
-
-    Raises `CheckpointWriteError` (an `OSError`; ``errno`` set when the cause had one) naming ``path`` and the
-    reason, e.g. "disk full"; the temporary file is removed and the previous ``path`` is untouched.
-    """
-    path = Path(path)
-    _atomic_write(path, lambda f: torch.save(obj, f))
-    return path
 
 
 # ------------------------------------------------------------------------------------------------- RNG
@@ -205,7 +118,7 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.directory.mkdir(parents=True, exist_ok=True)
         self._verified = False
-        self._remove_stale_temps()
+        remove_stale_temps(self.directory)  # a manager being built is not saving: every temp there is stale
 
     @property
     def last_path(self) -> Path:
@@ -228,13 +141,13 @@ class CheckpointManager:
         """
         full = {**state, "epoch": epoch, "step": step, "iresvid_version": iresvid.__version__}
         verify = None if self._verified else self._verify_loadable
-        _atomic_write(self.last_path, lambda f: torch.save(full, f), verify)
+        atomic_save(full, self.last_path, verify=verify)
         self._verified = True
         # The other files are byte copies of last.pth: no second serialisation, no tensors copied off a GPU.
         if is_best:
-            self._copy_last_to(self.best_path)
+            atomic_copy(self.last_path, self.best_path)
         if epoch_end and (self._is_permanent(epoch) or self.keep_last > 0):
-            self._copy_last_to(self.epoch_path(epoch))
+            atomic_copy(self.last_path, self.epoch_path(epoch))
             self._prune_epochs()
         return self.last_path
 
@@ -284,10 +197,6 @@ class CheckpointManager:
                 f"not saving {self.last_path}: the state could not be resumed from, because {e}"
             ) from e
 
-    def _copy_last_to(self, target: Path) -> None:
-        with self.last_path.open("rb") as src:
-            _atomic_write(target, lambda f: shutil.copyfileobj(src, f, 16 << 20))
-
     def _is_permanent(self, epoch: int) -> bool:
         return self.keep_every_epochs > 0 and epoch % self.keep_every_epochs == 0
 
@@ -302,30 +211,3 @@ class CheckpointManager:
         rolling = sorted((e, p) for e, p in self._epoch_files() if not self._is_permanent(e))
         for _, path in rolling[: max(len(rolling) - self.keep_last, 0)]:
             path.unlink(missing_ok=True)
-
-    def _remove_stale_temps(self) -> None:
-        """Delete temporary files left by writers that died mid-save (``kill -9``, preemption, power cut).
-
-        A file is stale when its process is gone, or is this process: a manager being built is not saving.
-        """
-        for path in self.directory.iterdir():
-            m = _TEMP_NAME.match(path.name)
-            if m is None:
-                continue
-            pid = int(m.group(1))
-            if pid != os.getpid() and _process_alive(pid):
-                continue
-            log.info("removing %s, left by an interrupted checkpoint write", path)
-            path.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True

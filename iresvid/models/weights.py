@@ -15,9 +15,10 @@ Sources recognised from the keys, after unwrapping ``{"state_dict": …}`` / ``{
   the middle temporal slice, zeros elsewhere: a static clip gives the 2D logits) or ``average`` (kernel / kt
   on every slice, as in I3D).
 
-Checkpoints are read with ``torch.load(weights_only=True)``: a file that needs arbitrary code to unpickle
-is refused.  A checkpoint that does not fit the model is refused naming the first mismatching keys; one
-whose only difference is the classifier's number of classes has its classifier dropped (fine-tuning).
+Files are read by `iresvid.checkpoint_io.read_checkpoint` (``torch.load(weights_only=True)``: a file that
+needs arbitrary code to unpickle is refused).  A checkpoint that does not fit the model is refused naming
+the first mismatching keys; one whose only difference is the classifier's number of classes has its
+classifier dropped (fine-tuning).
 
 What was loaded is recorded on ``model.pretrained_cfg``: file, sha256, the source layout it was converted
 from, the inflation, and the normalisation the weights expect.  A small local table (`register_weights`,
@@ -30,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +39,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from iresvid.errors import UserError
+# Reading files is checkpoint_io's job; read_checkpoint and CheckpointError stay importable from here too,
+# where older importers look for them.
+from iresvid.checkpoint_io import CheckpointError, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,6 @@ SOURCES = {
 }
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.")
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be used for this model; the message names the file and the keys."""
 
 
 # ------------------------------------------------------------------------------------ weights table
@@ -171,23 +169,6 @@ def registered_file(architecture: str) -> str:
         f"pytorchvideo, timm SE-ResNet or iresvid checkpoints), or register one with "
         f'iresvid.models.register_weights("path/to/file.pth", architecture={architecture!r}, ...)'
     )
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """``torch.load`` with ``weights_only=True`` and a clear error for missing, unsafe or broken files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refusing to load {path}: it holds Python objects that only a full unpickle could build, and "
-            f"unpickling can run arbitrary code. Only tensors and plain containers are accepted "
-            f"(torch.load weights_only=True). Detail: {str(e).splitlines()[0]}"
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a PyTorch file?): {e}") from e
 
 
 def extract_state_dict(checkpoint: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:
