@@ -23,10 +23,10 @@ import pytest
 import torch
 from test_engine import DEMO_CONFIG, REPO, assert_same_weights, tiny, train
 
-from iresvid import cli
+from iresvid import checkpoint_io, cli
 from iresvid.config import load_config
 from iresvid.data.synthetic import make_demo_data
-from iresvid.engine import checkpoint, dist
+from iresvid.engine import dist
 from iresvid.engine.checkpoint import CheckpointManager
 from iresvid.engine.trainer import Trainer
 from iresvid.models.weights import read_checkpoint
@@ -144,7 +144,7 @@ class _FullDisk(io.FileIO):
 
 
 class DiskFillingUp:
-    """The checkpoint module's ``open`` on a disk that is full from the ``saves + 1``-th write of last.pth on.
+    """The checkpoint writer's ``open`` (`iresvid.checkpoint_io`) on a disk that is full from the ``saves + 1``-th write of last.pth on.
 
     The failure is at the system-call level, as on a real disk: ``torch.save`` turns it into a RuntimeError,
     so this also checks that the checkpoint writer digs the ENOSPC out.  A real small tmpfs would need root
@@ -169,7 +169,7 @@ def test_a_full_disk_stops_training_with_one_line_and_the_last_good_checkpoint_r
     with monkeypatch.context() as patch:
         # Saves after steps 1, 2 and at the end of epoch 1 (step 3, with best.pth and epoch_0001.pth) go
         # through; the one after step 4 finds the disk full.
-        patch.setattr(checkpoint, "open", DiskFillingUp(saves=3), raising=False)
+        patch.setattr(checkpoint_io, "open", DiskFillingUp(saves=3), raising=False)
         code, err = train_cli(*tiny(demo_root, out, every_step))
     assert code == 2
     assert err == [
