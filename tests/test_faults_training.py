@@ -144,7 +144,8 @@ class _FullDisk(io.FileIO):
 
 
 class DiskFillingUp:
-    """The checkpoint writer's ``open`` (`iresvid.checkpoint_io`) on a disk that is full from the ``saves + 1``-th write of last.pth on.
+    """The checkpoint writer's ``open`` (`iresvid.checkpoint_io`) on a disk that is full from the
+    ``saves + 1``-th write of last.pth on.
 
     The failure is at the system-call level, as on a real disk: ``torch.save`` turns it into a RuntimeError,
     so this also checks that the checkpoint writer digs the ENOSPC out.  A real small tmpfs would need root
