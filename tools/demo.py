@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
+from iresvid.checkpoint_io import read_checkpoint
 from iresvid.cli import run_guarded
 from iresvid.config import load_config
 from iresvid.data.synthetic import direction_pairs, make_demo_data
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg)
             minutes = (time.perf_counter() - start) / 60
             result, cfg, _ = run_test(out / "last.pth", overrides=overrides)
-            state = torch.load(out / "last.pth", weights_only=True)
+            state = read_checkpoint(out / "last.pth")
             pair, direction = pair_scores(result.video, direction_pairs(state["classes"]))
             clip, video = result.clip.compute(), result.video.compute()
             params = sum(v.numel() for k, v in state["model"].items() if not k.endswith(BN_BUFFERS))

@@ -10,13 +10,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from iresvid.checkpoint_io import read_checkpoint
 from iresvid.config import Config, ConfigError, load_config
 from iresvid.data.build import build_dataset
 from iresvid.data.datasets import ClipDataset
 from iresvid.data.loader import build_loader
 from iresvid.data.transforms import EvalViews
 from iresvid.models import create_model
-from iresvid.models.weights import extract_state_dict, read_checkpoint
+from iresvid.models.weights import extract_state_dict
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
