@@ -28,15 +28,6 @@ import torch
 MIB = 2**20
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without one is an error, not a silent CPU run."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
 def synchronize(device: torch.device) -> None:
     """Wait for queued kernels, so a wall-clock interval covers the work and not just its launch."""
     if device.type == "cuda":

@@ -19,7 +19,9 @@ import time
 import torch
 
 from iresvid.benchmarks import BENCHMARKS, add_arguments
-from iresvid.benchmarks.common import environment, format_report, resolve_device
+from iresvid.benchmarks.common import environment, format_report
+from iresvid.engine.device import resolve_device
+from iresvid.errors import ConfigError
 
 
 def run_benchmark(name: str, args: argparse.Namespace) -> None:
@@ -44,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``args.command`` (one benchmark or all); a CUDA request without CUDA is a usage error."""
     try:
-        args.device = resolve_device(args.device).type  # benchmarks get "cpu" or "cuda"
-    except RuntimeError as error:
+        args.device = resolve_device(args.device, setting="--device").type  # benchmarks get "cpu" or "cuda"
+    except ConfigError as error:
         parser.error(str(error))
     for name in BENCHMARKS if args.command == "all" else [args.command]:
         run_benchmark(name, args)

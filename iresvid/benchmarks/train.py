@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iresvid.benchmarks.common import goal, measure_interleaved
+from iresvid.engine.device import autocast
 from iresvid.models import create_model
 
 NUM_CLASSES = 400  # Kinetics-400, the default of our 3D models and of slow_r50
@@ -95,7 +96,7 @@ def sgd_step(model: nn.Module, *, bf16: bool) -> Callable[[torch.Tensor, torch.T
 
     def step(clips: torch.Tensor, labels: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(clips.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(clips.device, torch.bfloat16 if bf16 else None):
             loss = F.cross_entropy(model(clips), labels)
         loss.backward()
         optimizer.step()

@@ -8,7 +8,6 @@ grow with num_crops; per video only a running sum of probabilities is kept.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ from torch import nn
 from iresvid.data.datasets import DatasetUnreadableError
 from iresvid.data.loader import to_device
 from iresvid.data.transforms import EvalViews
+from iresvid.engine.device import autocast
 from iresvid.engine.dist import all_reduce_sum, gather_objects
 from iresvid.engine.metrics import AccuracyMeter
 
@@ -44,11 +44,6 @@ class EvalResult:
         out[f"{prefix}failed_videos"] = len(self.failed)
         out[f"{prefix}reread_reads"] = self.rereads
         return out
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision in ``dtype`` on ``device``; full precision when ``dtype`` is None."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def readable_views(

@@ -31,8 +31,8 @@ from iresvid.config import Config, ConfigError
 from iresvid.data.datasets import DatasetUnreadableError
 from iresvid.data.transforms import EvalViews
 from iresvid.engine.build import build_eval_inputs, build_model, load_trained, norm_stats, progress_bar
-from iresvid.engine.evaluate import autocast, readable_views
-from iresvid.engine.trainer import AMP_DTYPES
+from iresvid.engine.device import AMP_DTYPES, autocast
+from iresvid.engine.evaluate import readable_views
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from iresvid.engine.build import (
     load_trained,
     progress_bar,
 )
+from iresvid.engine.device import AMP_DTYPES, resolve_device
 from iresvid.engine.evaluate import crop_probability_sums, readable_views, view_logits
-from iresvid.engine.trainer import AMP_DTYPES
 from iresvid.errors import UserError
 from iresvid.models.weights import read_checkpoint
 
@@ -183,7 +183,7 @@ class Predictor:
         use_ema: bool = True,
         progress: bool = False,
     ):
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.model, self.cfg, self.classes, self.source = _load(
             Path(checkpoint), model=model, classes=classes, overrides=list(overrides), use_ema=use_ema
         )
@@ -408,12 +408,6 @@ class Predictor:
             num_views=len(logits),
             probabilities=video.tolist() if probabilities else None,
         )
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:

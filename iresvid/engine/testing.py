@@ -8,10 +8,10 @@ from pathlib import Path
 
 from iresvid.config import Config
 from iresvid.engine.build import build_eval_inputs, load_trained, progress_bar
+from iresvid.engine.device import AMP_DTYPES
 from iresvid.engine.dist import cleanup, init_distributed
 from iresvid.engine.evaluate import EvalResult, evaluate
 from iresvid.engine.metrics import plot_confusion_matrix, write_per_class_csv
-from iresvid.engine.trainer import AMP_DTYPES
 
 log = logging.getLogger("iresvid.test")
 

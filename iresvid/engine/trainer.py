@@ -28,6 +28,7 @@ from iresvid.data.transforms import GpuAugment, MixupCutmix
 from iresvid.data.video_io import open_video
 from iresvid.engine.build import build_eval_inputs, build_model, norm_stats, progress_bar
 from iresvid.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from iresvid.engine.device import AMP_DTYPES, autocast
 from iresvid.engine.dist import (
     DistInfo,
     all_reduce_sum,
@@ -36,14 +37,13 @@ from iresvid.engine.dist import (
     gather_objects,
     init_distributed,
 )
-from iresvid.engine.evaluate import EvalResult, autocast, evaluate
+from iresvid.engine.evaluate import EvalResult, evaluate
 from iresvid.engine.metrics import MetricsLogger, plot_confusion_matrix, plot_curves, write_per_class_csv
 from iresvid.engine.optim import build_optimizer, build_scheduler
 from iresvid.models.weights import CheckpointError, check_fits
 
 log = logging.getLogger("iresvid.train")
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # What `Trainer.state_dict` writes and `_resume` reads back.
 _RESUME_KEYS = (
     "model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_step", "best_top1", "history", "rng",
