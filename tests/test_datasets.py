@@ -16,7 +16,7 @@ from iresvid.data.datasets import ClipDataset, DatasetUnreadableError, sample_ge
 from iresvid.data.encode import write_video
 from iresvid.data.loader import ShardedSampler, build_loader, collate_clips
 from iresvid.data.sampling import random_clip, uniform_clips
-from iresvid.data.transforms import EvalViews, GpuAugment
+from iresvid.data.transforms import CropFlipSampler, EvalViews, GpuAugment
 
 NUM_FRAMES, STEP = 40, 6
 
@@ -247,8 +247,9 @@ def test_an_empty_dataset_is_refused(tmp_path):
 
 
 def test_collate_pads_and_the_device_crop_reads_only_each_sample_frame(video_tree):
-    augment = GpuAugment(24, jitter_sizes=(24, 32), flip_prob=0.5)
-    ds = dataset(folder_per_class(video_tree), augment=augment)
+    sampler = CropFlipSampler(24, jitter_sizes=(24, 32), flip_prob=0.5)
+    ds = dataset(folder_per_class(video_tree), crop_sampler=sampler)
+    augment = GpuAugment(sampler)
     samples = [ds[(i, 0)] for i in range(len(ds))]
     batch = collate_clips(samples)
     sizes = [tuple(s["input"].shape[-2:]) for s in samples]
@@ -292,7 +293,7 @@ def test_sharded_sampler_splits_a_global_batch_exactly():
 
 
 def test_worker_processes_give_the_same_batches(video_tree):
-    ds = dataset(folder_per_class(video_tree), augment=GpuAugment(24, jitter_sizes=(24, 32)))
+    ds = dataset(folder_per_class(video_tree), crop_sampler=CropFlipSampler(24, jitter_sizes=(24, 32)))
     batches = [
         list(build_loader(ds, batch_size=2, shuffle=True, seed=1, num_workers=workers, drop_last=True))
         for workers in (0, 2)

@@ -6,6 +6,7 @@ from iresvid.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CropFlipParams,
+    CropFlipSampler,
     EvalViews,
     GpuAugment,
     MixParams,
@@ -33,8 +34,8 @@ def test_resize_short_side_kept():
 
 
 AUGMENTS = {
-    "jitter": GpuAugment(24, mode="short_side_jitter", jitter_sizes=(24, 44)),
-    "rrc": GpuAugment(24, mode="random_resized_crop", mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    "jitter": GpuAugment(CropFlipSampler(24, mode="short_side_jitter", jitter_sizes=(24, 44))),
+    "rrc": GpuAugment(CropFlipSampler(24, mode="random_resized_crop"), mean=IMAGENET_MEAN, std=IMAGENET_STD),
 }
 
 
@@ -43,7 +44,7 @@ AUGMENTS = {
 def test_batched_output_matches_reference(name, shape):
     aug = AUGMENTS[name]
     x = noise(*shape)
-    params = aug.sample_params(len(x), 40, 56, gen(1))
+    params = aug.sampler.sample_params(len(x), 40, 56, gen(1))
     assert params.flip.any() and not params.flip.all()  # both branches exercised
     out = aug.apply(x, params)
     assert out.dtype == torch.float32 and out.shape == (*shape[:-2], 24, 24)
@@ -54,13 +55,13 @@ def test_batched_output_matches_reference(name, shape):
 def test_box_and_flip_conventions_exact():
     # Full-frame box at the frame's own size: resampling is the identity, so only the flip remains.
     x = noise(2, 3, 2, 8, 10)
-    aug = GpuAugment(8, mode="random_resized_crop", **RAW)
+    aug = GpuAugment(CropFlipSampler(8, mode="random_resized_crop"), **RAW)
     params = CropFlipParams(torch.tensor([[0, 1, 8, 8], [0, 0, 8, 8]]), torch.tensor([False, True]))
     out = aug.apply(x, params)
     torch.testing.assert_close(out[0], x[0, ..., 1:9].float(), atol=1e-4, rtol=0)
     torch.testing.assert_close(out[1], x[1, ..., :8].flip(-1).float(), atol=1e-4, rtol=0)
     # A 4-pixel box to 2 outputs reads source columns 0.5 and 2.5 (align_corners=False), linearly.
-    aug2 = GpuAugment(2, mode="random_resized_crop", **RAW)
+    aug2 = GpuAugment(CropFlipSampler(2, mode="random_resized_crop"), **RAW)
     ramp = (torch.arange(10) * 10).to(torch.uint8).expand(1, 3, 8, 10)
     out = aug2.apply(ramp, CropFlipParams(torch.tensor([[2, 0, 4, 4]]), torch.tensor([False])))
     torch.testing.assert_close(out[0, 0], torch.tensor([[5.0, 25.0], [5.0, 25.0]]), atol=1e-4, rtol=0)
@@ -71,7 +72,7 @@ def test_crop_and_flip_shared_across_frames_but_not_samples():
     # output frame is output frame 0 + 10 t / (255 std).
     base = torch.randint(0, 200, (8, 3, 1, 32, 48), dtype=torch.uint8, generator=gen(2))
     x = base + 10 * torch.arange(5, dtype=torch.uint8).view(1, 1, 5, 1, 1)
-    aug = GpuAugment(16, jitter_sizes=(16, 24))
+    aug = GpuAugment(CropFlipSampler(16, jitter_sizes=(16, 24)))
     out = aug(x, generator=gen(3))
     step = 10 / (255 * 0.225)
     for t in range(5):
@@ -82,8 +83,7 @@ def test_crop_and_flip_shared_across_frames_but_not_samples():
 
 
 def test_short_side_jitter_params_ranges():
-    aug = GpuAugment(112, jitter_sizes=(128, 160))
-    p = aug.sample_params(4000, 128, 171, gen(4))
+    p = CropFlipSampler(112, jitter_sizes=(128, 160)).sample_params(4000, 128, 171, gen(4))
     top, left, h, w = p.boxes.T
     assert torch.equal(h, w)  # a uniform scale keeps the aspect ratio
     # side = round(112 * 128 / s), s in [128, 160]
@@ -95,8 +95,10 @@ def test_short_side_jitter_params_ranges():
 
 
 def test_random_resized_crop_params_ranges():
-    aug = GpuAugment(224, mode="random_resized_crop", area_scale=(0.25, 0.5), aspect_ratio=(0.5, 2.0))
-    p = aug.sample_params(4000, 600, 800, gen(5))
+    sampler = CropFlipSampler(
+        224, mode="random_resized_crop", area_scale=(0.25, 0.5), aspect_ratio=(0.5, 2.0)
+    )
+    p = sampler.sample_params(4000, 600, 800, gen(5))
     top, left, h, w = p.boxes.T.double()
     area = h * w / (600 * 800)
     # Rounding each side to whole pixels moves area and ratio by well under 1 %.
@@ -106,30 +108,57 @@ def test_random_resized_crop_params_ranges():
     assert (top >= 0).all() and (top + h <= 600).all() and (left >= 0).all() and (left + w <= 800).all()
 
 
+# Drawn by GpuAugment.sample_params before the sampler was split from it (commit 6a1e177): the same seeds
+# must give every run, old or resumed, the same crops.
+RECORDED_DRAWS = [
+    (
+        CropFlipSampler(24, jitter_sizes=(24, 44)), (4, 40, 56, 1),
+        [[0, 4, 38, 38], [1, 13, 27, 27], [6, 15, 27, 27], [6, 2, 25, 25]], [True, False, True, True],
+    ),
+    (
+        CropFlipSampler(24, jitter_sizes=(24, 44)),
+        (3, torch.tensor([40, 30, 64]), torch.tensor([56, 64, 30]), 2),  # per-sample frame sizes
+        [[1, 24, 23, 23], [7, 5, 17, 17], [21, 0, 19, 19]], [False, True, False],
+    ),
+    (
+        CropFlipSampler(24, mode="random_resized_crop", flip_prob=0.3), (4, 40, 56, 3),
+        [[15, 23, 17, 14], [6, 11, 30, 24], [0, 21, 39, 35], [7, 17, 30, 22]], [True, False, False, False],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("sampler, args, boxes, flips", RECORDED_DRAWS)
+def test_the_sampler_draws_what_the_augment_drew_before_the_split(sampler, args, boxes, flips):
+    n, height, width, seed = args
+    params = sampler.sample_params(n, height, width, gen(seed))
+    assert params.boxes.tolist() == boxes and params.flip.tolist() == flips
+
+
 def test_random_resized_crop_fallback_is_torchvision_centre_crop():
     # No box of ratio >= 3 covers 90 % of a 10x10 frame: torchvision's fallback clamps the ratio into range.
-    aug = GpuAugment(4, mode="random_resized_crop", area_scale=(0.9, 1.0), aspect_ratio=(3.0, 4.0))
-    p = aug.sample_params(3, 10, 10, gen(0))
+    sampler = CropFlipSampler(4, mode="random_resized_crop", area_scale=(0.9, 1.0), aspect_ratio=(3.0, 4.0))
+    p = sampler.sample_params(3, 10, 10, gen(0))
     assert p.boxes.tolist() == [[3, 0, 3, 10]] * 3  # height round(10 / 3), centred
 
 
 def test_augment_deterministic_given_generator_and_channels_last():
     x = noise(4, 3, 4, 32, 40)
-    aug = GpuAugment(16, jitter_sizes=(16, 32))
+    sampler = CropFlipSampler(16, jitter_sizes=(16, 32))
+    aug = GpuAugment(sampler)
     a, b = aug(x, generator=gen(9)), aug(x, generator=gen(9))
     assert torch.equal(a, b)
-    cl = GpuAugment(16, jitter_sizes=(16, 32), channels_last=True)(x, generator=gen(9))
+    cl = GpuAugment(sampler, channels_last=True)(x, generator=gen(9))
     assert cl.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(cl, a)
 
 
 def test_augment_rejects_bad_input():
-    aug = GpuAugment(16, jitter_sizes=(16, 32))
+    aug = GpuAugment(CropFlipSampler(16, jitter_sizes=(16, 32)))
     with pytest.raises(ValueError, match="uint8"):
         aug(torch.zeros(2, 3, 4, 32, 32))
     with pytest.raises(ValueError, match="channels"):
         aug(noise(2, 1, 4, 32, 32))
     with pytest.raises(ValueError, match="jitter_sizes"):
-        GpuAugment(224, jitter_sizes=(128, 160))
+        CropFlipSampler(224, jitter_sizes=(128, 160))
 
 
 def coordinate_video(n: int, t: int, h: int, w: int) -> torch.Tensor:

@@ -75,7 +75,7 @@ from iresvid.benchmarks.train import config_for as train_config_for
 from iresvid.data.annotations import Annotations, folder_per_class
 from iresvid.data.datasets import ClipDataset
 from iresvid.data.loader import build_loader, to_device
-from iresvid.data.transforms import GpuAugment
+from iresvid.data.transforms import CropFlipSampler, GpuAugment
 from iresvid.models import create_model
 
 SCHEMA = 1
@@ -222,21 +222,26 @@ def prepared_set(root: Path, config: CheckConfig) -> tuple[Annotations, dict]:
     return videos, facts | {"prepare_s": time.perf_counter() - start}
 
 
-def clip_dataset(videos: Annotations, listings: int, config: CheckConfig, augment: GpuAugment) -> ClipDataset:
+def clip_dataset(videos: Annotations, listings: int, config: CheckConfig) -> ClipDataset:
     listed = Annotations(videos.records * listings, videos.classes, [], videos.source)
     return ClipDataset(
-        listed, mode="train", num_frames=8, frame_stride=8, short_side=config.short_side, augment=augment
+        listed,
+        mode="train",
+        num_frames=8,
+        frame_stride=8,
+        short_side=config.short_side,
+        crop_sampler=crop_sampler(config),
     )
 
 
-def crop_augment(config: CheckConfig) -> GpuAugment:
+def crop_sampler(config: CheckConfig) -> CropFlipSampler:
     # Jitter from the short side to 1.25× it: SlowFast's (256, 320) at full size.
     jitter = (config.short_side, round(1.25 * config.short_side))
-    return GpuAugment(config.train.size, jitter_sizes=jitter, channels_last=True)
+    return CropFlipSampler(config.train.size, jitter_sizes=jitter)
 
 
 def loader_part(videos: Annotations, facts: dict, config: CheckConfig) -> dict:
-    dataset = clip_dataset(videos, config.listings, config, crop_augment(config))
+    dataset = clip_dataset(videos, config.listings, config)
     clips = len(dataset)
     loader = build_loader(dataset, batch_size=config.train.batch, shuffle=True, num_workers=config.workers)
     epochs = {"epoch": epoch_of(loader, clips)}
@@ -287,15 +292,14 @@ def train_row(name: str, mode: str, config: TrainConfig, device: torch.device) -
 
 def data_wait_part(videos: Annotations, prepared: bool, config: CheckConfig, device: torch.device) -> dict:
     batch, steps = config.train.batch, config.wait_warmup + config.wait_steps
-    augment = crop_augment(config)
     # Listed often enough that every step falls in one epoch: an epoch's end drains the workers' queue,
     # which on a real dataset happens once in thousands of steps, not every few.
     listings = math.ceil(steps * batch / len(videos.records))
-    dataset = clip_dataset(videos, listings, config, augment)
+    dataset = clip_dataset(videos, listings, config)
     loader = build_loader(
         dataset, batch_size=batch, shuffle=True, num_workers=config.workers, drop_last=True, pin_memory=True
     )
-    augment.to(device)
+    augment = GpuAugment(dataset.crop_sampler, channels_last=True).to(device)
     torch.manual_seed(0)
     model = create_model(WAIT_MODEL, width_scale=config.train.width_scale).to(device)
     step = sgd_step(model.to(memory_format=torch.channels_last_3d).train(), bf16=True)

@@ -24,7 +24,7 @@ _EXPORTS = {
     "iresvid.data.datasets": ("ClipDataset", "DatasetUnreadableError", "ImageDataset", "sample_generator"),
     "iresvid.data.loader": ("ShardedSampler", "build_loader", "collate_clips", "to_device"),
     "iresvid.data.transforms": (
-        "CropFlipParams", "EvalViews", "GpuAugment", "MixupCutmix", "resize_short_side",
+        "CropFlipParams", "CropFlipSampler", "EvalViews", "GpuAugment", "MixupCutmix", "resize_short_side",
     ),
     "iresvid.data.encode": ("write_video",),
     "iresvid.data.synthetic": ("make_demo_data",),

@@ -9,7 +9,7 @@ from iresvid.config import ConfigError, DataConfig
 from iresvid.data import annotations as ann
 from iresvid.data.datasets import ClipDataset, ImageDataset
 from iresvid.data.manifest import Manifest
-from iresvid.data.transforms import GpuAugment
+from iresvid.data.transforms import CropFlipSampler
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -84,7 +84,7 @@ def build_dataset(
     *,
     mode: str,
     classes: Sequence[str] | None = None,
-    augment: GpuAugment | None = None,
+    crop_sampler: CropFlipSampler | None = None,
     num_clips: int = 1,
     seed: int = 0,
 ) -> ClipDataset:
@@ -99,7 +99,7 @@ def build_dataset(
         sampling=cfg.sampling,
         num_clips=num_clips,
         short_side=cfg.decode_short_side if mode == "train" else cfg.test_size,
-        augment=augment,
+        crop_sampler=crop_sampler,
         backend=cfg.backend,
         max_retries=cfg.max_decode_retries,
         seed=seed,

@@ -1,7 +1,8 @@
 """Datasets of decoded clips (or images), tolerant of bad files, reproducible to the sample.
 
-Workers decode, sample frames and resize the short side in uint8; crops, flips and normalisation happen
-batched on the training device (`GpuAugment`).  Every random choice for a sample — the clip's start, its
+Workers decode, sample frames and resize the short side in uint8, and draw each sample's crop box and flip
+(`CropFlipSampler`); the crops, flips and normalisation themselves happen batched on the training device
+(`GpuAugment`).  Every random choice for a sample — the clip's start, its
 crop box, its flip — is drawn here from a generator seeded by ``(seed, epoch, index)``, so a sample is the
 same whichever worker, process or resumed run produces it: resumed and multi-process runs see exactly the
 data an uninterrupted single-process run sees.
@@ -34,7 +35,7 @@ from torch.utils.data import Dataset
 
 from iresvid.data.annotations import Annotations, VideoRecord
 from iresvid.data.sampling import random_clip, segment_indices, uniform_clips
-from iresvid.data.transforms import GpuAugment, resize_short_side
+from iresvid.data.transforms import CropFlipSampler, resize_short_side
 from iresvid.data.video_io import DEFAULT_BACKEND, open_video
 from iresvid.errors import UserError
 
@@ -55,7 +56,7 @@ class ClipDataset(Dataset):
     """Clips of the videos in ``annotations``.
 
     ``mode="train"``: item ``i`` is one random clip of video ``i`` (or TSN segments with
-    ``sampling="segments"``), plus its crop box and flip from ``augment.sample_params``.
+    ``sampling="segments"``), plus its crop box and flip from ``crop_sampler.sample_params``.
     ``mode="eval"``: item ``i`` is video ``i`` with all of its ``num_clips`` uniformly spaced clips, read in
     one pass; `collate_clips` makes each clip a batch row, so a batch of B items is B × num_clips clips (the
     evaluation loader sizes B for that); the evaluator averages a video's clips.
@@ -79,7 +80,7 @@ class ClipDataset(Dataset):
         sampling: str = "clip",
         num_clips: int = 1,
         short_side: int = 320,
-        augment: GpuAugment | None = None,
+        crop_sampler: CropFlipSampler | None = None,
         backend: str = DEFAULT_BACKEND,
         max_retries: int = 10,
         seed: int = 0,
@@ -98,7 +99,7 @@ class ClipDataset(Dataset):
         self.num_frames, self.frame_stride, self.sampling = num_frames, frame_stride, sampling
         self.num_clips = num_clips if mode == "eval" else 1
         self.short_side = short_side
-        self.augment = augment
+        self.crop_sampler = crop_sampler
         self.backend = backend
         self.max_retries = max_retries
         self.seed = seed
@@ -129,8 +130,8 @@ class ClipDataset(Dataset):
                 log.warning("skipping unreadable video %s: %s", record.path, _reason(e))
                 continue
             sample = self._sample(frames, record, candidate, failures, rereads)
-            if self.augment is not None:
-                params = self.augment.sample_params(1, frames.shape[-2], frames.shape[-1], generator)
+            if self.crop_sampler is not None:
+                params = self.crop_sampler.sample_params(1, frames.shape[-2], frames.shape[-1], generator)
                 sample["crop_box"], sample["flip"] = params.boxes[0], params.flip[0]
             return sample
         listing = "; ".join(f"{path}: {reason}" for path, reason in failures)

@@ -1,14 +1,15 @@
 """Video transforms.
 
-Worker side (CPU, uint8): decode, then `resize_short_side`.  Everything else (crops, scale jitter, flips,
-normalisation) runs batched on the training device after the uint8 batch is transferred.
+Worker side (CPU, uint8): decode, then `resize_short_side`, and draw each sample's crop box and flip
+(`CropFlipSampler`).  Everything else (the crops, flips and normalisation themselves: `GpuAugment`,
+`EvalViews`) runs batched on the training device after the uint8 batch is transferred.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 import numpy as np
@@ -86,7 +87,7 @@ def _to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CropFlipParams:
-    """Random parameters of one `GpuAugment` batch, on the CPU.
+    """Random parameters of one `GpuAugment` batch, on the CPU (drawn by `CropFlipSampler`).
 
     ``boxes``: int64 (N, 4) crop boxes ``(top, left, height, width)`` in input pixels (the argument order
     of torchvision's ``resized_crop``); ``flip``: bool (N,), horizontal flip after the crop.
@@ -130,74 +131,54 @@ def _source_coords(start: torch.Tensor, length: torch.Tensor, in_size: int, out_
     return (2 * index + 1) / in_size - 1
 
 
-class GpuAugment(nn.Module):
-    """Training augmentation of a uint8 batch on the training device: random crop with scale jitter,
-    horizontal flip, float conversion and normalisation, for all samples at once.
+@dataclass(frozen=True)
+class CropFlipSampler:
+    """The random crop box (with scale jitter) and flip of each training sample, drawn on the CPU.
 
-    Input: uint8 ``(N, C, T, H, W)`` clips or ``(N, C, H, W)`` images (all the same H, W).  Output: float32
-    ``(N, C, T, crop_size, crop_size)`` (or ``(N, C, crop_size, crop_size)``), channels-last if asked.
-
-    Every sample gets its own crop box and flip, shared by all T frames of its clip.  The crop is resampled
-    bilinearly with ``align_corners=False`` (pixel centres at ``i + 0.5``, the ``F.interpolate`` and
-    ``resize_short_side`` convention) and without antialiasing, i.e. exactly torchvision's
-    ``resized_crop(..., antialias=False)`` of each clip, which `apply_reference` computes sample by sample.
+    The CPU half of the training augmentation: datasets hold it and draw every sample's parameters in the
+    data-loader workers, from the sample's own generator; `GpuAugment` applies them on the device.  It holds
+    settings only, no tensors, so it pickles into workers in a few bytes and never touches a device.
 
     Modes (``mode``):
 
     * ``"short_side_jitter"`` (SlowFast/pytorchvideo training): scale the short side to
-      ``s ~ U[jitter_sizes]`` and take a random ``crop_size`` crop; done here as a random square box of
-      ``round(crop_size * short_side / s)`` input pixels resized to ``crop_size``, without resizing the frame.
-      ``jitter_sizes`` are in the units of the resized frame, so ``crop_size <= jitter_sizes[0]``.
+      ``s ~ U[jitter_sizes]`` and take a random ``crop_size`` crop; drawn as a random square box of
+      ``round(crop_size * short_side / s)`` input pixels, which `GpuAugment` resizes to ``crop_size``
+      without resizing the frame.  ``jitter_sizes`` are in the units of the resized frame, so
+      ``crop_size <= jitter_sizes[0]``.
     * ``"random_resized_crop"`` (Inception/torchvision): box area ``~ U[area_scale] * H * W``, aspect ratio
       (width / height) log-uniform in ``aspect_ratio``; 10 tries, then torchvision's centre-crop fallback.
 
-    ``mean``/``std`` are in 0-1 units (applied to ``pixel / 255``); the default is pytorchvideo's Kinetics
-    normalisation, pass ``IMAGENET_MEAN``/``IMAGENET_STD`` for ImageNet-pretrained weights.
-
-    Random parameters are drawn on the CPU from an optional CPU ``torch.Generator`` (a few numbers per
-    sample), so a seed gives the same crops on every device and the device's RNG is left alone.  Move the
-    module to the training device (``.to(device)``) so its normalisation constants live there.
+    Parameters come from an optional CPU ``torch.Generator`` (a few numbers per sample), so a seed gives
+    the same crops on every device and the device's RNG is left alone.
     """
 
-    def __init__(
-        self,
-        crop_size: int = 224,
-        *,
-        mode: Literal["short_side_jitter", "random_resized_crop"] = "short_side_jitter",
-        jitter_sizes: tuple[int, int] = (256, 320),
-        area_scale: tuple[float, float] = (0.08, 1.0),
-        aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip_prob: float = 0.5,
-        mean: Sequence[float] = KINETICS_MEAN,
-        std: Sequence[float] = KINETICS_STD,
-        channels_last: bool = False,
-    ):
-        super().__init__()
-        if crop_size < 1:
-            raise ValueError(f"crop_size must be >= 1, got {crop_size}")
-        if mode == "short_side_jitter":
-            if not crop_size <= jitter_sizes[0] <= jitter_sizes[1]:
+    crop_size: int = 224
+    _: KW_ONLY
+    mode: Literal["short_side_jitter", "random_resized_crop"] = "short_side_jitter"
+    jitter_sizes: tuple[int, int] = (256, 320)
+    area_scale: tuple[float, float] = (0.08, 1.0)
+    aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+
+    def __post_init__(self):
+        if self.crop_size < 1:
+            raise ValueError(f"crop_size must be >= 1, got {self.crop_size}")
+        if self.mode == "short_side_jitter":
+            if not self.crop_size <= self.jitter_sizes[0] <= self.jitter_sizes[1]:
                 raise ValueError(
-                    f"need crop_size <= jitter_sizes[0] <= jitter_sizes[1], got {crop_size}, {jitter_sizes}"
+                    "need crop_size <= jitter_sizes[0] <= jitter_sizes[1], "
+                    f"got {self.crop_size}, {self.jitter_sizes}"
                 )
-        elif mode == "random_resized_crop":
-            if not 0 < area_scale[0] <= area_scale[1] <= 1:
-                raise ValueError(f"need 0 < area_scale[0] <= area_scale[1] <= 1, got {area_scale}")
-            if not 0 < aspect_ratio[0] <= aspect_ratio[1]:
-                raise ValueError(f"need 0 < aspect_ratio[0] <= aspect_ratio[1], got {aspect_ratio}")
+        elif self.mode == "random_resized_crop":
+            if not 0 < self.area_scale[0] <= self.area_scale[1] <= 1:
+                raise ValueError(f"need 0 < area_scale[0] <= area_scale[1] <= 1, got {self.area_scale}")
+            if not 0 < self.aspect_ratio[0] <= self.aspect_ratio[1]:
+                raise ValueError(f"need 0 < aspect_ratio[0] <= aspect_ratio[1], got {self.aspect_ratio}")
         else:
-            raise ValueError(f"mode must be 'short_side_jitter' or 'random_resized_crop', got {mode!r}")
-        if not 0 <= flip_prob <= 1:
-            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
-        self.crop_size = crop_size
-        self.mode = mode
-        self.jitter_sizes = jitter_sizes
-        self.area_scale = area_scale
-        self.aspect_ratio = aspect_ratio
-        self.flip_prob = flip_prob
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.channels_last = channels_last
-        self.normalize = _Normalize(mean, std)
+            raise ValueError(f"mode must be 'short_side_jitter' or 'random_resized_crop', got {self.mode!r}")
+        if not 0 <= self.flip_prob <= 1:
+            raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
 
     def sample_params(
         self,
@@ -251,6 +232,43 @@ class GpuAugment(nn.Module):
         left = torch.where(found, _uniform_below(u[:, 21], width - w + 1), (width - fallback_w) // 2)
         return h, w, top.long(), left.long()
 
+
+class GpuAugment(nn.Module):
+    """Training augmentation of a uint8 batch on the training device: the crops and flips a
+    `CropFlipSampler` drew, float conversion and normalisation, for all samples at once.
+
+    Input: uint8 ``(N, C, T, H, W)`` clips or ``(N, C, H, W)`` images (all the same H, W).  Output: float32
+    ``(N, C, T, crop_size, crop_size)`` (or ``(N, C, crop_size, crop_size)``), channels-last if asked.
+
+    Every sample gets its own crop box and flip, shared by all T frames of its clip.  The crop is resampled
+    bilinearly with ``align_corners=False`` (pixel centres at ``i + 0.5``, the ``F.interpolate`` and
+    ``resize_short_side`` convention) and without antialiasing, i.e. exactly torchvision's
+    ``resized_crop(..., antialias=False)`` of each clip, which `apply_reference` computes sample by sample.
+
+    ``mean``/``std`` are in 0-1 units (applied to ``pixel / 255``); the default is pytorchvideo's Kinetics
+    normalisation, pass ``IMAGENET_MEAN``/``IMAGENET_STD`` for ImageNet-pretrained weights (the trainer
+    passes the model's, `iresvid.engine.build.norm_stats`).  Move the module to the training device
+    (``.to(device)``) so its normalisation constants live there.
+    """
+
+    def __init__(
+        self,
+        sampler: CropFlipSampler,
+        *,
+        mean: Sequence[float] = KINETICS_MEAN,
+        std: Sequence[float] = KINETICS_STD,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.sampler = sampler
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.channels_last = channels_last
+        self.normalize = _Normalize(mean, std)
+
+    @property
+    def crop_size(self) -> int:
+        return self.sampler.crop_size
+
     def apply(self, x: torch.Tensor, params: CropFlipParams) -> torch.Tensor:
         """Crop, flip and normalise the whole batch with one ``grid_sample``."""
         _check_uint8_batch(x)
@@ -278,7 +296,7 @@ class GpuAugment(nn.Module):
         return _to_memory_format(out, self.channels_last)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.apply(x, self.sample_params(x.shape[0], x.shape[-2], x.shape[-1], generator))
+        return self.apply(x, self.sampler.sample_params(x.shape[0], x.shape[-2], x.shape[-1], generator))
 
     def apply_reference(self, clip: torch.Tensor, params: CropFlipParams) -> torch.Tensor:
         """One uint8 clip ``(C, T, H, W)`` or image ``(C, H, W)`` with one sample's params (``params[i]``),

@@ -24,7 +24,7 @@ from iresvid.config import Config, ConfigError, DataConfig, to_dict
 from iresvid.data.build import build_dataset
 from iresvid.data.datasets import ClipDataset
 from iresvid.data.loader import build_loader, to_device
-from iresvid.data.transforms import GpuAugment, MixupCutmix
+from iresvid.data.transforms import CropFlipSampler, GpuAugment, MixupCutmix
 from iresvid.data.video_io import open_video
 from iresvid.engine.build import build_eval_inputs, build_model, norm_stats, progress_bar
 from iresvid.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
@@ -81,15 +81,14 @@ class Trainer:
 
         # --- data: the train set fixes the class index; validation must agree with it.
         d = cfg.data
-        self.augment = GpuAugment(
+        crop_sampler = CropFlipSampler(
             d.crop_size,
             mode=d.crop_mode,
             jitter_sizes=tuple(d.jitter_sizes),
             area_scale=tuple(d.area_scale),
             flip_prob=d.flip_prob,
-            channels_last=cfg.model.channels_last,
         )
-        self.train_set = build_dataset(d, "train", mode="train", augment=self.augment, seed=t.seed)
+        self.train_set = build_dataset(d, "train", mode="train", crop_sampler=crop_sampler, seed=t.seed)
         check_clip_fits(self.train_set, d)
         self.classes = list(self.train_set.classes)
         self.train_loader = build_loader(
@@ -115,8 +114,8 @@ class Trainer:
 
         # --- model, optimisation
         model = build_model(cfg, len(self.classes)).to(self.device)
-        mean, std = norm_stats(cfg, model)
-        self.augment.normalize = type(self.augment.normalize)(mean, std)
+        mean, std = norm_stats(cfg, model)  # the model's normalisation, also that of the evaluation views
+        self.augment = GpuAugment(crop_sampler, mean=mean, std=std, channels_last=cfg.model.channels_last)
         self.augment.to(self.device)
         self.val = build_eval_inputs(
             cfg,
