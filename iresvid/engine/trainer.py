@@ -18,17 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from iresvid.config import Config, ConfigError, DataConfig, to_dict
-from iresvid.data.build import build_dataset
-from iresvid.data.datasets import ClipDataset
-from iresvid.data.loader import build_loader, to_device
-from iresvid.data.transforms import CropFlipSampler, GpuAugment, MixupCutmix
-from iresvid.data.video_io import open_video
-from iresvid.engine.build import build_eval_inputs, build_model, norm_stats, progress_bar
-from iresvid.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
-from iresvid.engine.device import AMP_DTYPES, autocast
+from iresvid.config import Config, to_dict
+from iresvid.data.loader import to_device
+from iresvid.engine.build import progress_bar
+from iresvid.engine.checkpoint import capture_rng_state, restore_rng_state
+from iresvid.engine.device import autocast
 from iresvid.engine.dist import (
     DistInfo,
     all_reduce_sum,
@@ -38,8 +33,18 @@ from iresvid.engine.dist import (
     init_distributed,
 )
 from iresvid.engine.evaluate import EvalResult, evaluate
-from iresvid.engine.metrics import MetricsLogger, plot_confusion_matrix, plot_curves, write_per_class_csv
-from iresvid.engine.optim import build_optimizer, build_scheduler
+from iresvid.engine.metrics import plot_confusion_matrix, plot_curves, write_per_class_csv
+from iresvid.engine.parts import (
+    build_augment,
+    build_checkpointing,
+    build_logger,
+    build_mixup,
+    build_model_parts,
+    build_optimization,
+    build_train_data,
+    build_validation,
+    micro_batch_size,
+)
 from iresvid.models.weights import CheckpointError, check_fits
 
 log = logging.getLogger("iresvid.train")
@@ -53,123 +58,41 @@ _CLASSIFIER = "fc."  # the classifier's keys (every model of the registry)
 
 
 class Trainer:
-    """Train and evaluate a model as ``cfg`` says; `fit` returns the final evaluation metrics."""
+    """Train and evaluate a model as ``cfg`` says; `fit` returns the final evaluation metrics.
+
+    Assembled from the builders of `iresvid.engine.parts`, in their order: data, model, optimisation,
+    checkpoints, logging.
+    """
 
     def __init__(self, cfg: Config, *, dist_info: DistInfo | None = None):
-        self.cfg = cfg
-        t = cfg.train
+        self.cfg, t = cfg, cfg.train
         # Checked before joining the process group: the mistake is reported at once, not after a rendezvous
-        # that a slow or missing peer can hold up, and no collective is ever entered with a bad split.
-        world_size = dist_info.world_size if dist_info is not None else env_world_size()
-        per_step = cfg.data.batch_size
-        if per_step % (world_size * t.accum_steps):
-            raise ConfigError(
-                f"'data.batch_size' ({per_step}) must split evenly over {world_size} processes × "
-                f"train.accum_steps ({t.accum_steps})"
-            )
-        self.micro_batch = per_step // (world_size * t.accum_steps)
+        # that a slow or missing peer can hold up.
+        self.micro_batch = micro_batch_size(cfg, dist_info.world_size if dist_info else env_world_size())
         self.dist = dist_info or init_distributed(t.dist_backend, t.device)
         self.device = self.dist.device
         torch.manual_seed(t.seed)
         np.random.seed(t.seed % 2**32)
         self.output_dir = Path(t.output_dir)
-        if self.dist.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.amp_dtype = AMP_DTYPES[t.amp]
-        if t.amp == "bf16" and self.device.type == "cpu":
-            log.info("bf16 autocast on CPU: supported, but usually slower than fp32 on CPUs without AMX")
 
-        # --- data: the train set fixes the class index; validation must agree with it.
-        d = cfg.data
-        crop_sampler = CropFlipSampler(
-            d.crop_size,
-            mode=d.crop_mode,
-            jitter_sizes=tuple(d.jitter_sizes),
-            area_scale=tuple(d.area_scale),
-            flip_prob=d.flip_prob,
+        self.train_set, self.train_loader, self.classes, self.steps_per_epoch = build_train_data(
+            cfg, self.micro_batch, self.dist
         )
-        self.train_set = build_dataset(d, "train", mode="train", crop_sampler=crop_sampler, seed=t.seed)
-        check_clip_fits(self.train_set, d)
-        self.classes = list(self.train_set.classes)
-        self.train_loader = build_loader(
-            self.train_set,
-            batch_size=self.micro_batch,
-            shuffle=True,
-            seed=t.seed,
-            drop_last=True,
-            num_workers=d.num_workers,
-            num_replicas=self.dist.world_size,
-            rank=self.dist.rank,
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=d.prefetch_factor,
+        self.model, self.train_model, self.ema = build_model_parts(cfg, len(self.classes), self.dist)
+        self.augment = build_augment(cfg, self.train_set.crop_sampler, self.model, self.device)
+        self.val = build_validation(cfg, self.model, self.classes, self.micro_batch, self.dist)
+        self.optimizer, self.scheduler, self.scaler, self.amp_dtype = build_optimization(
+            cfg, self.model, self.steps_per_epoch, self.device
         )
-        self.steps_per_epoch = len(self.train_loader) // t.accum_steps
-        if t.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, t.max_steps_per_epoch)
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"'data.batch_size' ({per_step}) is larger than the training set ({len(self.train_set)} "
-                f"videos): no full step per epoch"
-            )
+        self.mixup = build_mixup(t, len(self.classes))
+        self.checkpoints, resume_from = build_checkpointing(t)
+        self.logger = build_logger(self.output_dir, self.dist)
 
-        # --- model, optimisation
-        model = build_model(cfg, len(self.classes)).to(self.device)
-        mean, std = norm_stats(cfg, model)  # the model's normalisation, also that of the evaluation views
-        self.augment = GpuAugment(crop_sampler, mean=mean, std=std, channels_last=cfg.model.channels_last)
-        self.augment.to(self.device)
-        self.val = build_eval_inputs(
-            cfg,
-            model,
-            self.device,
-            classes=self.classes,  # the training class index, whatever the validation split lists
-            num_clips=d.val_num_clips,
-            num_crops=d.val_num_crops,
-            views_per_pass=d.eval_batch_size or self.micro_batch,
-            world_size=self.dist.world_size,
-            rank=self.dist.rank,
-        )
-        if cfg.model.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d if model.dims == 3 else torch.channels_last)
-        if cfg.model.sync_bn and self.device.type == "cpu":
-            raise ConfigError(
-                "'model.sync_bn' needs CUDA devices: PyTorch's SyncBatchNorm does not run on the CPU"
-            )
-        if cfg.model.sync_bn and self.dist.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model
-        self.optimizer = build_optimizer(model, cfg.optim, cfg.data.batch_size)
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
-        self.ema = None
-        if t.ema_decay:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay), use_buffers=True
-            )
-        self.train_model = model
-        if self.dist.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(model, device_ids=ids)
-        if cfg.model.compile:
-            self.train_model = torch.compile(self.train_model)
-        self.mixup = None
-        if t.mixup_alpha > 0 or t.cutmix_alpha > 0:
-            self.mixup = MixupCutmix(
-                len(self.classes),
-                mixup_alpha=t.mixup_alpha,
-                cutmix_alpha=t.cutmix_alpha,
-                label_smoothing=t.label_smoothing,
-            )
-
-        self.checkpoints = CheckpointManager(self.output_dir, keep_every_epochs=t.save_every)
-        self.epoch, self.step, self.epoch_step = (
-            0,
-            0,
-            0,
-        )  # completed epochs / optimizer steps / steps in epoch
+        self.epoch = self.step = self.epoch_step = 0  # completed epochs / optimizer steps / steps in epoch
         self.best_top1, self.history = -1.0, []
         self.failures: list[tuple[int, str, str]] = []
-        self.logger = MetricsLogger(self.output_dir) if self.dist.is_main else None
-        self._resume(t.resume)
+        if resume_from is not None:
+            self._resume(resume_from)
 
     # ------------------------------------------------------------------------------- checkpoints
 
@@ -192,12 +115,7 @@ class Trainer:
             "config": to_dict(self.cfg),
         }
 
-    def _resume(self, resume: str | None) -> None:
-        path = self.checkpoints.resolve(resume)
-        if path is None:
-            if resume == "auto":
-                log.info("no checkpoint in %s yet: starting from scratch", self.output_dir)
-            return
+    def _resume(self, path: Path) -> None:
         state = self.checkpoints.load(path)
         self._check_resumable(state, path)
         self.model.load_state_dict(state["model"])
@@ -218,10 +136,7 @@ class Trainer:
                 self.dist.world_size,
             )
             torch.manual_seed(self.cfg.train.seed + self.step + self.dist.rank)
-        where = (
-            f"step {self.epoch_step} of epoch {self.epoch + 1}" if self.epoch_step else f"epoch {self.epoch}"
-        )
-        log.info("resumed from %s (%s)", path, where)
+        log.info("resumed from %s (%s)", path, self._position())
 
     def _check_resumable(self, state: dict, path: Path) -> None:
         """Refuse, naming what differs, a checkpoint this run cannot continue from.
@@ -378,6 +293,12 @@ class Trainer:
             "train_reread_reads": rereads,
         }
 
+    def _position(self) -> str:
+        """Where training stands, as a person counts: "step 2 of epoch 3" or "epoch 2" (completed)."""
+        return (
+            f"step {self.epoch_step} of epoch {self.epoch + 1}" if self.epoch_step else f"epoch {self.epoch}"
+        )
+
     def _forward_backward(self, batch: dict) -> tuple[float, float, int]:
         t = self.cfg.train
         batch = to_device(batch, self.device)
@@ -494,39 +415,6 @@ def _fine_tune_hint(checkpoint: Path) -> str:
         f"to fine-tune its weights on these classes instead, start a new run with "
         f"model.pretrained={checkpoint} model.reset_classifier=true"
     )
-
-
-def check_clip_fits(dataset: ClipDataset, cfg: DataConfig, probes: int = 8) -> None:
-    """Refuse a clip longer than every video: each clip would be padded with repeats of the last frame.
-
-    Short videos are padded by design (`iresvid.data.sampling`), but when the clip outspans even the longest
-    of ``probes`` evenly spaced training videos, the setting is a mistake (e.g. a stride meant for 25 fps
-    on 5 fps videos), and training would quietly learn from frozen frames.  TSN segments spread over the
-    whole video and images have no time axis, so neither is checked.
-    """
-    if cfg.format == "imagefolder" or cfg.sampling != "clip":
-        return
-    span = (cfg.num_frames - 1) * cfg.frame_stride + 1
-    records = dataset.records
-    count = min(probes, len(records))
-    picks = sorted({i * (len(records) - 1) // max(count - 1, 1) for i in range(count)})
-    lengths = []
-    if dataset.manifest is not None:  # a prepared set: every video's length is known without opening it
-        lengths = [n for n in map(dataset.manifest.frames, (r.path for r in records)) if n is not None]
-        picks = picks if not lengths else []
-    for i in picks:
-        try:
-            with open_video(records[i].path, cfg.backend) as reader:
-                lengths.append(reader.num_frames)
-        except Exception:  # noqa: BLE001 — an unreadable video is the dataset's to skip and report
-            continue
-    if lengths and span > max(lengths):
-        raise ConfigError(
-            f"'data.num_frames' × 'data.frame_stride' ({cfg.num_frames} × {cfg.frame_stride}) spans {span} "
-            f"frames, more than any of the {len(lengths)} training videos probed has (the longest: "
-            f"{max(lengths)} frames): every clip would end in repeats of the last frame; lower "
-            f"data.num_frames or data.frame_stride"
-        )
 
 
 def _format(metrics: dict) -> str:
