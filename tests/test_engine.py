@@ -13,9 +13,11 @@ import torch
 
 from iresvid.config import ConfigError, ScheduleConfig, load_config
 from iresvid.data.synthetic import make_demo_data
+from iresvid.engine.metrics import MetricsLogger
 from iresvid.engine.optim import build_optimizer, lr_factor
 from iresvid.engine.testing import run_test
-from iresvid.engine.trainer import Trainer
+from iresvid.engine.trainer import Trainer, TrainingInterrupted
+from iresvid.models.weights import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo_synthetic.yaml"
@@ -154,6 +156,65 @@ def test_an_interrupted_run_resumes_to_the_same_weights(
     assert_same_weights(resumed.model.state_dict(), reference.model.state_dict())
     assert_same_weights(
         resumed.optimizer.state_dict()["state"][0], reference.optimizer.state_dict()["state"][0]
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_root, tmp_path_factory) -> Trainer:
+    """The tiny 2-epoch run (3 steps an epoch), start to end."""
+    return train(tiny(demo_root, tmp_path_factory.mktemp("whole")))[0]
+
+
+@pytest.mark.parametrize(
+    "stop_at, extra, where",
+    [
+        (2, [], "step 2 of epoch 1"),
+        (3, [], "epoch 1"),  # the epoch's last step: its epoch-end checkpoint is the one
+        (2, ["train.save_every_steps=2"], "step 2 of epoch 1"),  # that step's save serves both
+    ],
+)
+def test_a_stop_request_saves_once_and_resumes_to_the_same_weights(
+    demo_root, tmp_path, monkeypatch, uninterrupted, stop_at, extra, where
+):
+    """`Trainer.request_stop` (what a preempted job's signal handler calls) during step ``stop_at``."""
+    out = tmp_path / "cut"
+    real_step, real_save, real_close = Trainer._optimizer_step, Trainer._save, MetricsLogger.close
+    saved_at, closed = [], []
+
+    def step(self):
+        real_step(self)
+        if self.step == stop_at:
+            self.request_stop()
+
+    def save(self, **kwargs):
+        saved_at.append(self.step)
+        real_save(self, **kwargs)
+
+    def close(self):
+        closed.append(self)
+        real_close(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_optimizer_step", step)
+        patch.setattr(Trainer, "_save", save)
+        patch.setattr(MetricsLogger, "close", close)
+        stopped = Trainer(load_config(DEMO_CONFIG, tiny(demo_root, out, *extra)))
+        expected = (
+            f"training stopped on request after {where} (step {stop_at}); train.resume=auto continues it "
+            f"from {out / 'last.pth'}"
+        )
+        with pytest.raises(TrainingInterrupted) as raised:
+            stopped.fit()
+    assert str(raised.value) == expected
+    assert saved_at == [stop_at] and closed == [stopped.logger]
+    assert read_checkpoint(out / "last.pth")["step"] == stop_at
+    assert (out / "epoch_0001.pth").is_file() == (where == "epoch 1")
+
+    resumed, metrics = train(tiny(demo_root, out, "train.resume=auto", *extra))
+    assert resumed.step == uninterrupted.step == 6 and metrics["epoch"] == 2
+    assert_same_weights(resumed.model.state_dict(), uninterrupted.model.state_dict())
+    assert_same_weights(
+        resumed.optimizer.state_dict()["state"][0], uninterrupted.optimizer.state_dict()["state"][0]
     )
 
 

@@ -1,5 +1,5 @@
 """The parts a Trainer is assembled from (`iresvid.engine.parts`), each built alone; the device and mixed
-precision (`iresvid.engine.device`)."""
+precision (`iresvid.engine.device`); a stop request agreed on by the processes of a torchrun job."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_engine import DEMO_CONFIG, tiny
+from test_faults_training import torchrun
 
 from iresvid.config import ConfigError, load_config
 from iresvid.data.synthetic import make_demo_data
@@ -32,6 +33,7 @@ from iresvid.engine.parts import (
     build_validation,
     micro_batch_size,
 )
+from iresvid.models.weights import read_checkpoint
 
 CPU = torch.device("cpu")
 ONE_PROCESS = DistInfo(world_size=1, rank=0, local_rank=0, device=CPU)
@@ -281,3 +283,51 @@ def test_the_augment_needs_no_model_but_takes_any_normalisation():
         atol=1e-4,
         rtol=0,
     )
+
+
+# ---------------------------------------------------------------------------------- stop, torchrun
+
+# Training in a torchrun job (test_faults_training's DDP settings, logging every 2 steps) where rank 1 alone
+# asks to stop after step 1, as its signal handler would.
+_STOP_ON_RANK_1 = """
+import sys
+
+from iresvid.config import load_config
+from iresvid.engine.dist import cleanup
+from iresvid.engine.trainer import Trainer, TrainingInterrupted
+
+optimizer_step = Trainer._optimizer_step
+
+
+def step_then_ask(self):
+    optimizer_step(self)
+    if self.dist.rank == 1 and self.step == 1:
+        self.request_stop()
+
+
+Trainer._optimizer_step = step_then_ask
+trainer = Trainer(load_config(sys.argv[2], [*sys.argv[3:], "train.log_every=2"]))
+try:
+    trainer.fit()
+except TrainingInterrupted as stopped:
+    print(f"rank {trainer.dist.rank}: {stopped}", flush=True)
+    sys.exit(3)
+finally:
+    cleanup()
+"""
+
+
+@pytest.mark.slow
+def test_every_rank_stops_at_the_first_logging_step_after_one_asked(demo_root, tmp_path):
+    """Rank 1 asks after step 1; with ``log_every=2`` the ranks compare flags after step 2 only, so both
+    stop there, at the same step, and the checkpoint is step 2's."""
+    script = tmp_path / "stop_on_rank_1.py"
+    script.write_text(_STOP_ON_RANK_1)
+    out = tmp_path / "run"
+    code, output = torchrun(script, out, demo_root)
+    assert code != 0, output[-3000:]
+    last = out / "last.pth"
+    for rank in (0, 1):
+        expected = f"rank {rank}: training stopped on request after step 2 of epoch 1 (step 2); "
+        assert expected + f"train.resume=auto continues it from {last}" in output, output[-3000:]
+    assert read_checkpoint(last)["step"] == 2

@@ -5,6 +5,9 @@ Reproducibility is by construction: a sample's clip, crop and flip depend only o
 (seed, epoch, step), and everything else random (dropout) comes from the global RNG, saved in checkpoints.
 So a run resumed from any checkpoint — at an epoch's end or mid-epoch — ends with the weights of the
 uninterrupted run, and N processes over a global batch see exactly the samples one process would.
+
+A preempted job calls `Trainer.request_stop` (from its signal handler): training saves a checkpoint after a
+step all processes agree on and raises `TrainingInterrupted`; ``train.resume=auto`` then continues exactly.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ _RESUME_KEYS = (
 _CLASSIFIER = "fc."  # the classifier's keys (every model of the registry)
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped early at `Trainer.request_stop`, after saving a checkpoint it resumes from."""
+
+
 class Trainer:
     """Train and evaluate a model as ``cfg`` says; `fit` returns the final evaluation metrics.
 
@@ -91,8 +98,16 @@ class Trainer:
         self.epoch = self.step = self.epoch_step = 0  # completed epochs / optimizer steps / steps in epoch
         self.best_top1, self.history = -1.0, []
         self.failures: list[tuple[int, str, str]] = []
+        self._stop_requested = False  # set by `request_stop`, maybe on one process only
+        self._stopping = False  # every process agreed to stop after the current step
         if resume_from is not None:
             self._resume(resume_from)
+
+    def request_stop(self) -> None:
+        """Ask training to stop after the current optimizer step, with a checkpoint to resume from (a
+        preemption).  Only sets a flag, so a signal handler may call it.  `fit` then saves and raises
+        `TrainingInterrupted`; with several processes, all stop at the same step (see `_should_stop`)."""
+        self._stop_requested = True
 
     # ------------------------------------------------------------------------------- checkpoints
 
@@ -223,6 +238,8 @@ class Trainer:
                 if self.logger is not None:
                     self.logger.log(self.step, metrics, prefix="epoch/")
                     log.info("epoch %d: %s", self.epoch, _format(metrics))
+                if self._stopping:  # asked during the epoch's last step: its epoch-end checkpoint is saved
+                    raise self._interrupted()
             if result is None:  # resumed after the last epoch: nothing left but the final evaluation
                 result = self.validate()
             self._final_reports(result)
@@ -265,6 +282,9 @@ class Trainer:
                 self.logger.log(
                     self.step, {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}, prefix="train/"
                 )
+            if self._should_stop():
+                self._stopping = True
+                break  # the checkpoint is saved below (or at the epoch's end), after the epoch's reports
             if (
                 t.save_every_steps
                 and self.step % t.save_every_steps == 0
@@ -283,6 +303,9 @@ class Trainer:
                 self.epoch + 1,
                 rereads,
             )
+        if self._stopping and self.epoch_step < self.steps_per_epoch:
+            self._save(epoch_end=False)
+            raise self._interrupted()
         elapsed = time.perf_counter() - start
         return {
             "train_loss": (totals[0] / totals[2].clamp(min=1)).item(),
@@ -292,6 +315,26 @@ class Trainer:
             "train_failed_videos": failed,
             "train_reread_reads": rereads,
         }
+
+    def _should_stop(self) -> bool:
+        """Whether to stop after this step: `request_stop` was called, here or on any other process.
+
+        The processes must stop at the same step (saving gathers their RNG states collectively), so they
+        compare their flags, in one all-reduce on logging steps only: the other steps gain no collective
+        and no device sync, and a stop waits at most ``train.log_every`` steps.
+        """
+        if not self.dist.distributed:
+            return self._stop_requested
+        if self.step % self.cfg.train.log_every:
+            return False
+        flag = torch.tensor([float(self._stop_requested)], device=self.device)
+        return all_reduce_sum(flag).item() > 0
+
+    def _interrupted(self) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            f"training stopped on request after {self._position()} (step {self.step}); "
+            f"train.resume=auto continues it from {self.checkpoints.last_path}"
+        )
 
     def _position(self) -> str:
         """Where training stands, as a person counts: "step 2 of epoch 3" or "epoch 2" (completed)."""
