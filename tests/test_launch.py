@@ -207,15 +207,21 @@ def _wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float
     raise AssertionError(f"{path_glob} did not appear under {root}")
 
 
-def test_a_submitit_job_stopped_at_its_time_limit_requeues_and_ends_bitwise(demo_root, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("tasks", [1, 2], ids=["one task", "two tasks (DDP from SLURM's variables)"])
+def test_a_submitit_job_stopped_at_its_time_limit_requeues_and_ends_bitwise(demo_root, tmp_path, tasks):
     """submitit's local executor stands in for SLURM: the signal SLURM sends before a time limit (SIGUSR2,
     which the local controller sends too) arrives while the job trains; the job saves a checkpoint at the
     next step, requeues itself, and the requeued job resumes and ends with the weights of a run never stopped.
-    """
-    settings = tiny(demo_root, tmp_path / "job", "schedule.epochs=5", "train.max_steps_per_epoch=6",
-                    "train.eval_every=0", "train.save_every=1")  # fmt: skip
+    With two tasks, each joins the process group from the task variables alone (no torchrun), and both stop
+    at the same step; the reference is then torchrun's two processes."""
+    extra = ["schedule.epochs=5", "train.max_steps_per_epoch=6", "train.eval_every=0", "train.save_every=1"]
+    if tasks == 2:  # as in test_engine's DDP test: frozen BN statistics, SGD; agree on a stop every step
+        extra += ["model.norm_eval=true", "optim.name=sgd", "optim.lr=0.1", "train.log_every=1"]
+    settings = tiny(demo_root, tmp_path / "job", *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
+    launcher += [f"hydra.launcher.tasks_per_node={tasks}"]
     proc = subprocess.Popen(
         train_command(*settings, "-m", *launcher),
         stdout=subprocess.PIPE,
@@ -224,20 +230,27 @@ def test_a_submitit_job_stopped_at_its_time_limit_requeues_and_ends_bitwise(demo
         env=env,
     )
     try:
-        job_dir = _wait_for("multirun/*/0/epoch_0001.pth", tmp_path / "job", proc, timeout=180).parent
-        for task in _job_tasks(tmp_path / "job", timeout=10):
-            task.send_signal(signal.SIGUSR2)  # what SLURM (and the local controller) send at the time limit
-        out, err = proc.communicate(timeout=240)
+        job_dir = _wait_for("multirun/*/0/epoch_0001.pth", tmp_path / "job", proc, timeout=240).parent
+        running = _job_tasks(tmp_path / "job", timeout=10)
+        assert len(running) == tasks
+        for task in running:
+            task.send_signal(signal.SIGUSR2)  # SLURM signals every task of the job
+        out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
     log = (job_dir / "log.txt").read_text()
     assert "preempted or at the time limit: requeueing the job" in log
     assert "resumed from" in log.split("requeueing the job", 1)[1]
+    assert f"{tasks} processes × {8 // tasks} clips" in log
     submitit_log = "".join(p.read_text() for p in job_dir.parent.glob(".submitit/*/*_0_log.err"))
     assert "Requeued job" in submitit_log
     assert list(csv.DictReader((job_dir.parent / "summary.csv").open()))[0]["status"] == "ok"
 
-    reference = tmp_path / "reference"  # in a process like the job's (one thread: the same sums)
-    assert run_train(*tiny(demo_root, reference, *settings[-4:])).returncode == 0
+    reference = tmp_path / "reference"  # in processes like the job's (one thread: the same sums)
+    command = train_command(*tiny(demo_root, reference, *extra))
+    if tasks == 2:
+        command[1:1] = ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert_same_weights(weights(job_dir / "last.pth"), weights(reference / "last.pth"))

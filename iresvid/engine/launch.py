@@ -159,7 +159,7 @@ def _job(composed: DictConfig) -> dict | None:
         log.error("job %d failed: %s", hydra_cfg.job.num, e, exc_info=not isinstance(e, UserError))
         _write_result(Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task, f"failed: {e}", {})
         return None
-    if sweep:
+    if sweep and int(os.environ.get("RANK", "0")) == 0:  # one record per job, however many tasks
         _write_result(Path(cfg.train.output_dir), hydra_cfg.overrides.task, "ok", metrics)
     else:
         print(json.dumps(metrics, indent=2))

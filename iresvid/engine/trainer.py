@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iresvid.config import Config, to_dict
+from iresvid.config import Config, to_dict, to_yaml
 from iresvid.data.loader import to_device
 from iresvid.engine.build import progress_bar
 from iresvid.engine.checkpoint import capture_rng_state, restore_rng_state
@@ -94,6 +94,8 @@ class Trainer:
         self.mixup = build_mixup(t, len(self.classes))
         self.checkpoints, resume_from = build_checkpointing(t)
         self.logger = build_logger(self.output_dir, self.dist)
+        if self.dist.is_main:  # the fully resolved config this run uses, beside its checkpoints
+            (self.output_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
 
         self.epoch = self.step = self.epoch_step = 0  # completed epochs / optimizer steps / steps in epoch
         self.best_top1, self.history = -1.0, []
