@@ -60,7 +60,10 @@ def adopt_slurm_tasks() -> bool:
             del os.environ["SUBMITIT_EXECUTOR"]
     if tasks.world_size <= 1:
         return False
-    tasks.export(set_cuda_visible_devices=False)  # every task sees the node's GPUs and takes LOCAL_RANK's
+    if "MASTER_ADDR" in os.environ:  # the user's rendezvous address wins (MASTER_PORT: submitit keeps it)
+        tasks.master_addr = os.environ["MASTER_ADDR"]
+    # every task sees the node's GPUs and takes LOCAL_RANK's
+    tasks.export(set_cuda_visible_devices=False, overwrite=True)
     log.info(
         "SLURM tasks: rank %d of %d (local %d), rendezvous %s:%d",
         tasks.rank,
