@@ -17,25 +17,31 @@ business: see `iresvid.models.weights` and `iresvid.engine.checkpoint`.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import pickle
 import re
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 from iresvid.errors import UserError
+from iresvid.files import WriteError, atomic_write, remove_stale_temps
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointWriteError",
+    "atomic_copy",
+    "atomic_save",
+    "read_checkpoint",
+    "remove_stale_temps",
+]
 
 log = logging.getLogger(__name__)
 
-_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")  # what `_temp_path` makes; group 1: the writer's pid
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # In torch's weights_only errors: the class a file needs ("Unsupported class" before torch 2.4), else the
 # unpickler's own reason.
 _UNSAFE_GLOBAL = re.compile(r"Unsupported (?:global: GLOBAL|class) (\S+)")
@@ -47,16 +53,12 @@ class CheckpointError(UserError, ValueError):
     the keys that do not fit)."""
 
 
-class CheckpointWriteError(UserError, OSError):
+class CheckpointWriteError(WriteError):
     """A checkpoint could not be written; the previous file at ``path`` (if any) is unchanged."""
 
-    def __init__(self, path: Path, reason: str, err: int | None = None):
-        super().__init__(
-            f"cannot write checkpoint {path}: {reason}; the previous file there, if any, is unchanged"
-        )
-        # Set after construction: OSError(errno, msg) would prefix the message with "[Errno N]".
-        self.errno = err
-        self.path = path
+    @staticmethod
+    def describe(path: Path, reason: str) -> str:
+        return f"cannot write checkpoint {path}: {reason}; the previous file there, if any, is unchanged"
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -106,7 +108,8 @@ def _first_line(error: Exception) -> str:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike, *, verify: Callable[[Path], Any] | None = None) -> Path:
-    """``torch.save(obj, path)`` that leaves either the old file or the complete new one, never a torn one.
+    """``torch.save(obj, path)`` that leaves either the old file or the complete new one, never a torn one
+    (`iresvid.files.atomic_write`: a new file, never opened through a link, renamed into place).
 
     ``verify(temp)`` runs on the complete temporary file before the rename; a `CheckpointError` it raises
     vetoes the write and passes through unchanged (e.g. "this state could not be resumed from").
@@ -114,112 +117,10 @@ def atomic_save(obj: Any, path: str | os.PathLike, *, verify: Callable[[Path], A
     Raises `CheckpointWriteError` (an `OSError`; ``errno`` set when the cause had one) naming ``path`` and the
     reason, e.g. "disk full"; the temporary file is removed and the previous ``path`` is untouched.
     """
-    path = Path(path)
-    _atomic_write(path, lambda f: torch.save(obj, f), verify)
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f), verify=verify, error=CheckpointWriteError)
 
 
 def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Copy the bytes of ``source`` to ``path`` as atomically as `atomic_save` writes, with its errors."""
-    path = Path(path)
     with Path(source).open("rb") as src:
-        _atomic_write(path, lambda f: shutil.copyfileobj(src, f, 16 << 20))
-    return path
-
-
-def remove_stale_temps(directory: str | os.PathLike) -> None:
-    """Delete the temporary files that writers killed mid-write (``kill -9``, preemption, power cut) left in
-    ``directory``.
-
-    A temporary file is stale when the process that wrote it is gone, or is this process: call this only
-    while this process is not writing into ``directory``.
-    """
-    for path in Path(directory).iterdir():
-        m = _TEMP_NAME.match(path.name)
-        if m is None:
-            continue
-        pid = int(m.group(1))
-        if pid != os.getpid() and _process_alive(pid):
-            continue
-        log.info("removing %s, left by an interrupted checkpoint write", path)
-        path.unlink(missing_ok=True)
-
-
-class _RecordingWriter:
-    """Passes writes through and remembers the `OSError` of a failed one.
-
-    ``torch.save`` turns a failing ``write`` into ``RuntimeError("unexpected pos …")`` and drops the OSError,
-    so without this a full disk could not be told apart from any other failure.
-    """
-
-    def __init__(self, file: BinaryIO):
-        self._file = file
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        try:
-            return self._file.write(data)
-        except OSError as e:
-            self.error = e
-            raise
-
-    def flush(self) -> None:
-        self._file.flush()
-
-
-def _temp_path(path: Path) -> Path:
-    """A fresh name beside ``path``: hidden, and carrying our pid so `remove_stale_temps` can tell whose."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _atomic_write(
-    path: Path, write: Callable[[BinaryIO], Any], verify: Callable[[Path], Any] | None = None
-) -> None:
-    """Write ``path`` via a temporary file beside it; ``verify(temp)`` may veto it before the rename."""
-    tmp = _temp_path(path)
-    writer = None
-    try:
-        with open(tmp, "xb") as f:
-            writer = _RecordingWriter(f)
-            write(writer)
-            f.flush()
-            os.fsync(f.fileno())
-        if verify is not None:
-            verify(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if not isinstance(e, Exception) or isinstance(e, CheckpointError):
-            raise  # KeyboardInterrupt & co., and the verifier's own, already clear, error
-        cause = writer.error if writer is not None and writer.error is not None else e
-        err = cause.errno if isinstance(cause, OSError) else None
-        detail = f"{type(cause).__name__}: {cause}"
-        raise CheckpointWriteError(path, f"disk full ({detail})" if err in _DISK_FULL else detail, err) from e
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable: without it a power cut can forget the rename."""
-    if os.name != "posix":  # Windows cannot open a directory; os.replace is all it offers
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        # Some file systems (certain network mounts) refuse fsync on a directory.  The rename itself has
-        # happened, so the new checkpoint is in place; only its durability against a power cut is unknown.
-        log.debug("fsync of directory %s failed (%s); the checkpoint was written", directory, e)
-    finally:
-        os.close(fd)
-
-
-def _process_alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
+        return atomic_write(path, lambda f: shutil.copyfileobj(src, f, 16 << 20), error=CheckpointWriteError)

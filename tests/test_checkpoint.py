@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import iresvid
-from iresvid import checkpoint_io
+from iresvid import checkpoint_io, files
 from iresvid.checkpoint_io import CheckpointError, CheckpointWriteError, atomic_save, read_checkpoint
 from iresvid.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 
@@ -87,7 +87,7 @@ def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_temp(tmp_path, monke
     atomic_save({"version": 1}, path)
     new = {"version": 2, "w": torch.randn(100_000)}  # 400 kB: larger than the "disk"
     if failure == "file write":
-        monkeypatch.setattr(checkpoint_io, "open", lambda file, mode: _FillingDisk(file, mode), raising=False)
+        monkeypatch.setattr(files, "_open_new", lambda file: _FillingDisk(file, "xb"))
     elif failure == "fsync":
         monkeypatch.setattr(checkpoint_io.os, "fsync", _fail_fsync)
     elif failure == "torch.save":

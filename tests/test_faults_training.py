@@ -23,7 +23,7 @@ import pytest
 import torch
 from test_engine import DEMO_CONFIG, REPO, assert_same_weights, tiny, train
 
-from iresvid import checkpoint_io, cli
+from iresvid import cli, files
 from iresvid.config import load_config
 from iresvid.data.synthetic import make_demo_data
 from iresvid.engine import dist
@@ -144,7 +144,7 @@ class _FullDisk(io.FileIO):
 
 
 class DiskFillingUp:
-    """The checkpoint writer's ``open`` (`iresvid.checkpoint_io`) on a disk that is full from the
+    """The file writer's ``_open_new`` (`iresvid.files`) on a disk that is full from the
     ``saves + 1``-th write of last.pth on.
 
     The failure is at the system-call level, as on a real disk: ``torch.save`` turns it into a RuntimeError,
@@ -155,9 +155,9 @@ class DiskFillingUp:
     def __init__(self, saves: int):
         self.saves, self.last_writes = saves, 0
 
-    def __call__(self, file, mode):
+    def __call__(self, file):
         self.last_writes += Path(file).name.startswith(".last.pth.tmp-")
-        return _FullDisk(file, mode) if self.last_writes > self.saves else builtins.open(file, mode)
+        return _FullDisk(file, "xb") if self.last_writes > self.saves else builtins.open(file, "xb")
 
 
 def test_a_full_disk_stops_training_with_one_line_and_the_last_good_checkpoint_resumes(
@@ -170,7 +170,7 @@ def test_a_full_disk_stops_training_with_one_line_and_the_last_good_checkpoint_r
     with monkeypatch.context() as patch:
         # Saves after steps 1, 2 and at the end of epoch 1 (step 3, with best.pth and epoch_0001.pth) go
         # through; the one after step 4 finds the disk full.
-        patch.setattr(checkpoint_io, "open", DiskFillingUp(saves=3), raising=False)
+        patch.setattr(files, "_open_new", DiskFillingUp(saves=3))
         code, err = train_cli(*tiny(demo_root, out, every_step))
     assert code == 2
     assert err == [
