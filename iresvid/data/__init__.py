@@ -15,7 +15,9 @@ _EXPORTS = {
     ),
     "iresvid.data.manifest": ("Manifest", "read_manifest"),
     # Not the function `prepare`: that name is the submodule's, which the import system sets on this package.
-    "iresvid.data.prepare": ("PrepareError", "PrepareReport", "merge_shards"),
+    "iresvid.data.prepare": (
+        "JobOptions", "PrepareError", "PrepareReport", "merge_shards", "submit_shards", "wait_for_shards",
+    ),
     "iresvid.data.annotations": (
         "Annotations", "VideoRecord", "folder_per_class", "kinetics_csv", "path_label_list",
         "read_class_index", "ucf101",

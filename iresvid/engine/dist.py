@@ -10,6 +10,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from iresvid.engine.device import resolve_device
+
 log = logging.getLogger(__name__)
 
 
@@ -81,18 +83,14 @@ def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
     Works across nodes (torchrun --nnodes N --rdzv-endpoint ..., or SLURM tasks described by
     `adopt_slurm_tasks`).  Without either: world size 1, no group.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     world_size = env_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is available")
-        torch.cuda.set_device(local_rank)
+    target = resolve_device(device, setting="train.device")
+    if target.type == "cuda" and target.index is None:  # each process takes its own GPU of the node
         target = torch.device("cuda", local_rank)
-    else:
-        target = torch.device(device)
+    if target.type == "cuda":
+        torch.cuda.set_device(target)
     if world_size > 1 and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if target.type == "cuda" else "gloo"
