@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from iresvid.data.datasets import DatasetUnreadableError
-from iresvid.data.loader import to_device
 from iresvid.data.transforms import EvalViews
 from iresvid.engine.device import autocast
 from iresvid.engine.dist import all_reduce_sum, gather_objects
@@ -68,9 +67,17 @@ def readable_views(
         keep = batch["valid"]
         if not keep.any():
             continue
-        inputs = to_device({"input": batch["input"][keep], "size": batch["size"][keep]}, device)
-        kept = {key: batch[key][keep] for key in ("video_index", "clip_index", "label")}
-        yield kept, views(inputs["input"], sizes=inputs["size"].cpu())
+        keys = ("video_index", "clip_index", "label")
+        if keep.all():  # the usual batch: its pinned clips go to the device as they are, asynchronously
+            clips, sizes, kept = batch["input"], batch["size"], {key: batch[key] for key in keys}
+        else:  # unreadable clips among them (rare): indexed on the host
+            clips, sizes, kept = (
+                batch["input"][keep],
+                batch["size"][keep],
+                {key: batch[key][keep] for key in keys},
+            )
+        # The sizes stay on the host: the views' crop offsets are computed there.
+        yield kept, views(clips.to(device, non_blocking=device.type == "cuda"), sizes=sizes)
 
 
 def view_logits(
@@ -82,8 +89,20 @@ def view_logits(
     chunk: int = 32,
 ) -> torch.Tensor:
     """float32 CPU logits of ``views`` (as `readable_views` yields them), ``chunk`` views per forward pass."""
+    return device_logits(model, views, device=device, amp_dtype=amp_dtype, chunk=chunk).cpu()
+
+
+def device_logits(
+    model: nn.Module,
+    views: torch.Tensor,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    chunk: int = 32,
+) -> torch.Tensor:
+    """`view_logits` left on ``device``: nothing waits for the GPU."""
     with autocast(device, amp_dtype):
-        return torch.cat([model(part) for part in views.split(chunk)]).float().cpu()
+        return torch.cat([model(part) for part in views.split(chunk)]).float()
 
 
 def crop_probability_sums(logits: torch.Tensor, num_crops: int) -> torch.Tensor:
@@ -109,23 +128,26 @@ def evaluate(
     """Evaluate ``model`` on an evaluation-mode `ClipDataset` loader (sharded or not)."""
     dataset = loader.dataset
     num_videos = dataset.num_videos
-    video_scores = torch.zeros(num_videos, num_classes, dtype=torch.float64)
-    video_views = torch.zeros(num_videos, dtype=torch.float64)
+    # Every sum stays on the device until the end: no batch waits for the GPU to finish the one before.
+    video_scores = torch.zeros(num_videos, num_classes, dtype=torch.float64, device=device)
+    video_views = torch.zeros(num_videos, dtype=torch.float64, device=device)
     clip_meter = AccuracyMeter(num_classes)
-    loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of views)
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, number of views)
     failures: list[tuple[str, str]] = []
     rereads: list[int] = []
     was_training = model.training
     model.eval()
     for batch, x in readable_views(loader, views, device, failures, progress, rereads):
-        video_index, labels = batch["video_index"], batch["label"]
-        logits = view_logits(model, x, device=device, amp_dtype=amp_dtype, chunk=chunk)
+        video_index = batch["video_index"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        logits = device_logits(model, x, device=device, amp_dtype=amp_dtype, chunk=chunk)
         targets = labels.repeat_interleave(views.num_crops)
-        loss_sum += torch.tensor([F.cross_entropy(logits, targets, reduction="sum").item(), len(targets)])
+        loss_sum[0] += F.cross_entropy(logits, targets, reduction="sum")
+        loss_sum[1] += len(targets)
         clip_meter.update(logits, targets)
         video_scores.index_add_(0, video_index, crop_probability_sums(logits, views.num_crops))
         video_views.index_add_(
-            0, video_index, torch.full((len(labels),), float(views.num_crops), dtype=torch.float64)
+            0, video_index, torch.full_like(video_index, views.num_crops, dtype=torch.float64)
         )
     model.train(was_training)
 
