@@ -107,8 +107,15 @@ def build_loader(
     drop_last: bool = False,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
+    start_method: str | None = None,
 ) -> DataLoader:
-    """A DataLoader over `ShardedSampler` + `collate_clips` (``batch_size`` per process)."""
+    """A DataLoader over `ShardedSampler` + `collate_clips` (``batch_size`` per process).
+
+    ``start_method`` starts the workers by ``fork``, ``spawn`` or ``forkserver`` (None: Python's default,
+    ``forkserver`` on Linux from Python 3.14).  Under spawn and forkserver the dataset is pickled into each
+    worker: it holds only host-side state (the device augmentation stays in the main process), so no
+    worker opens a CUDA context.
+    """
     sampler = ShardedSampler(len(dataset), shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank)
     return DataLoader(
         dataset,
@@ -120,6 +127,7 @@ def build_loader(
         pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         persistent_workers=num_workers > 0,
+        multiprocessing_context=start_method if num_workers > 0 else None,
     )
 
 
