@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +299,34 @@ def test_worker_processes_give_the_same_batches(video_tree):
     batches = [
         list(build_loader(ds, batch_size=2, shuffle=True, seed=1, num_workers=workers, drop_last=True))
         for workers in (0, 2)
+    ]
+    for a, b in zip(*batches, strict=True):
+        assert torch.equal(a["input"], b["input"]) and torch.equal(a["label"], b["label"])
+        assert torch.equal(a["augment"].boxes, b["augment"].boxes)
+
+
+def test_the_training_loader_runs_under_spawn_and_its_dataset_holds_no_tensor_or_module(video_tree):
+    """Under spawn and forkserver (Python 3.14's default) the dataset is pickled into every worker: a CUDA
+    tensor in it (the device augmentation's buffers) would open a CUDA context per worker.  It holds
+    only host-side state, and spawned workers give the batches the main process gives."""
+    ds = dataset(folder_per_class(video_tree), crop_sampler=CropFlipSampler(24, jitter_sizes=(24, 32)))
+    pickled_types = []
+
+    class Recorder(pickle.Pickler):
+        def reducer_override(self, obj):
+            pickled_types.append(type(obj))
+            return NotImplemented
+
+    Recorder(io.BytesIO()).dump(ds)
+    assert CropFlipSampler in pickled_types  # the walk saw the sampler...
+    assert not [t for t in pickled_types if issubclass(t, torch.Tensor | torch.nn.Module)]  # ...and no tensor
+    batches = [
+        list(
+            build_loader(
+                ds, batch_size=2, shuffle=True, seed=1, num_workers=n, start_method=m, drop_last=True
+            )
+        )
+        for n, m in ((0, None), (1, "spawn"))
     ]
     for a, b in zip(*batches, strict=True):
         assert torch.equal(a["input"], b["input"]) and torch.equal(a["label"], b["label"])
