@@ -3,6 +3,7 @@ stopped at its time limit, requeued, and ends with the weights of an uninterrupt
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -197,7 +198,8 @@ def _job_tasks(sweep_root: Path, timeout: float) -> list[psutil.Process]:
 
 
 def _logs(root: Path) -> str:
-    """The ends of submitit's logs under ``root``: a failed job's reason is there, not in the launcher's output."""
+    """The ends of submitit's logs under ``root``: a failed job's reason is there, not in the launcher's
+    output."""
     return "".join(f"\n--- {p}:\n{p.read_text()[-4000:]}" for p in sorted(root.rglob("*_log.*")))
 
 
@@ -209,7 +211,8 @@ def _wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float
             return found[0]
         if proc.poll() is not None:
             out, err = proc.communicate()
-            raise AssertionError(f"the job ended (exit {proc.returncode}) before {path_glob}:\n{err[-3000:]}{_logs(root)}")
+            ended = f"the job ended (exit {proc.returncode}) before {path_glob}"
+            raise AssertionError(f"{ended}:\n{err[-3000:]}{_logs(root)}")
         time.sleep(0.05)
     raise AssertionError(f"{path_glob} did not appear under {root}")
 
@@ -243,8 +246,13 @@ def test_a_submitit_job_stopped_at_its_time_limit_requeues_and_ends_bitwise(demo
         for task in running:
             task.send_signal(signal.SIGUSR2)  # SLURM signals every task of the job
         out, err = proc.communicate(timeout=300)
-    finally:
+    finally:  # the launcher and the job it started: submitit's controller outlives a killed launcher
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for process in psutil.Process(proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
         proc.kill()
+        proc.wait()
     assert proc.returncode == 0, err[-3000:] + _logs(tmp_path / "job")
     log = (job_dir / "log.txt").read_text()
     assert "preempted or at the time limit: requeueing the job" in log
