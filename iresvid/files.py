@@ -83,6 +83,13 @@ class _RecordingWriter:
     def flush(self) -> None:
         self._file.flush()
 
+    # A muxer (PyAV's MP4 and AVI) goes back to fill in sizes once the streams are written.
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
 
 def _temp_path(path: Path) -> Path:
     """A fresh name beside ``path``: hidden, and carrying our pid so `remove_stale_temps` can tell whose."""
@@ -92,6 +99,41 @@ def _temp_path(path: Path) -> Path:
 def _open_new(path: Path) -> BinaryIO:
     """A new file at ``path``, opened exclusively and without following a symlink there."""
     return os.fdopen(os.open(path, _NEW_FILE, 0o666), "wb")
+
+
+def open_new(path: str | os.PathLike) -> BinaryIO:
+    """``path`` created for writing, exclusively (an existing name, a dangling link included, raises
+    `FileExistsError`) and never through a symlink: for a temporary file a writer renames into place
+    itself (a video checked before it is renamed)."""
+    return _open_new(Path(path))
+
+
+def folder_in(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """``root/relative`` as a folder to write into, created folder by folder below ``root`` (a folder
+    already checked, e.g. by `output_dir`); a part that is a symlink or not a folder is refused with a
+    `WriteError` naming it, so nothing is written through a link planted inside ``root``."""
+    folder = Path(root)
+    for part in Path(relative).parts:
+        if part in ("..", "/") or os.path.isabs(part):
+            raise WriteError(Path(root) / relative, f"{part!r} would leave {root}")
+        folder = folder / part
+        try:
+            info = folder.lstat()
+        except FileNotFoundError:
+            try:
+                folder.mkdir()
+            except FileExistsError:  # made meanwhile by another writer (a worker, a shard): checked below
+                pass
+            except OSError as e:
+                raise WriteError(folder, _reason(e)[0], e.errno) from e
+            info = folder.lstat()
+        except OSError as e:
+            raise WriteError(folder, _reason(e)[0], e.errno) from e
+        if stat.S_ISLNK(info.st_mode):
+            raise WriteError(folder, f"it is a symbolic link (to {os.readlink(folder)}), not followed")
+        if not stat.S_ISDIR(info.st_mode):
+            raise WriteError(folder, "it is not a folder")
+    return folder
 
 
 def atomic_write(

@@ -4,16 +4,23 @@ Pure parsing and file discovery, nothing is decoded.  Strict where a mistake wou
 (shifted class indices, out-of-range labels, unknown class names, unlabeled splits) and tolerant of what the
 real files contain (CRLF line ends, a UTF-8 byte-order mark, trailing spaces, blank lines, duplicate entries,
 videos that failed to download).
+
+Class names are compared as text, so two spellings of one name would make two classes without a word: the
+same name in two Unicode normalisations (``Café`` typed as one code point, or as ``e`` plus a combining
+accent, as macOS file names and some editors write it), or in two cases (``Shrink`` and ``shrink``).  Both
+are errors naming the two spellings and where each was read (`check_class_names`).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -28,6 +35,7 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi")
 _SHOWN = 5  # how many missing / duplicate names a log message lists before "..."
 _INT = re.compile(r"[+-]?\d+")
 _NUMBERED_LINE = re.compile(r"(\d+)\s+(\S.*)")
+_NAME_MAX = 255  # bytes in one file or folder name (ext4, XFS, APFS, NTFS): a longer label is no folder
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,46 @@ def read_class_index(path: str | os.PathLike) -> list[str]:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"{path}: class names listed more than once: {repeated[:_SHOWN]}")
+    check_class_names(names, str(path), {name: f"{path}, class {i}" for i, name in enumerate(names)})
     return names
+
+
+def check_class_names(names: Sequence[str], origin: str, where: Mapping[str, str] | None = None) -> None:
+    """Refuse class names that differ only in Unicode normalisation (NFC / NFD) or in case; ``where`` says
+    where each name was read (a file and line), else ``origin`` is named.
+
+    Both are errors, not warnings.  NFC and NFD spellings are one name to a reader, so keeping two classes
+    splits one class's videos between two labels, and merging them silently would change the class index a
+    model was trained with; the fix is one spelling in the files, which only the user can make.  A case-only
+    difference (``Shrink`` / ``shrink``) is, in every dataset format read here, a typo in one line rather
+    than two real classes (Kinetics labels are lower case, UCF101's are one CamelCase each), and on a
+    case-insensitive file system (macOS, Windows) the two class folders are one, so videos would be found
+    under both labels; a warning scrolled past would leave a near-empty class and shifted indices.
+    """
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(unicodedata.normalize("NFC", name).casefold(), name)
+        if other == name:
+            continue
+        at = where or {}
+        first, second = f"{other!r} ({at.get(other, origin)})", f"{name!r} ({at.get(name, origin)})"
+        if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", name):
+            raise ValueError(
+                f"class names {ascii(other)} ({at.get(other, origin)}) and {ascii(name)} "
+                f"({at.get(name, origin)}) are the same name in two Unicode normalisations "
+                f"({_normal_form(other)} and {_normal_form(name)}), which would make two classes; "
+                "write it one way (NFC) in every file"
+            )
+        raise ValueError(
+            f"class names {first} and {second} differ only in case, which would make two classes (and one "
+            "folder on a case-insensitive file system); write the name one way in every file"
+        )
+
+
+def _normal_form(name: str) -> str:
+    return next(
+        (form for form in ("NFC", "NFD") if unicodedata.is_normalized(form, name)), "neither NFC nor NFD"
+    )
 
 
 def kinetics_csv(
@@ -140,15 +187,19 @@ def kinetics_csv(
     if split is not None and "split" not in column:
         raise ValueError(f"{csv_path}: split={split!r} requested but the CSV has no split column")
     body = []
+    first_line: dict[str, str] = {}  # label -> where it first appears (named by `check_class_names`)
     for lineno, row in rows[1:]:
         if len(row) != len(header):
             raise ValueError(f"{csv_path}:{lineno}: {len(row)} fields but the header has {len(header)}")
         body.append((f"{csv_path}:{lineno}", row))
+        if labeled:
+            first_line.setdefault(row[column["label"]], f"{csv_path}:{lineno}")
 
     names, origin = _given_classes(classes_file, classes)
     if names is None and labeled:
-        names = sorted({row[column["label"]] for _, row in body if row[column["label"]]})
+        names = sorted(label for label in first_line if label)
         origin = f"sorted label names of {csv_path.name}"
+        check_class_names(names, origin, first_line)
     elif names is None:
         names, origin = [], "none (unlabeled CSV)"
     index = _ClassIndex(names, origin)
@@ -161,7 +212,7 @@ def kinetics_csv(
         body = selected
 
     listing = _Listing()
-    entries = []
+    entries, no_folder = [], {}
     for where, row in body:
         label_name = row[column["label"]] if labeled else ""
         if label_name:
@@ -172,10 +223,33 @@ def kinetics_csv(
             label = -1
         start, end = _seconds(row[column["time_start"]], where), _seconds(row[column["time_end"]], where)
         stem = f"{row[column['youtube_id']]}_{start:06d}_{end:06d}"
-        folders = [video_root / label_name, video_root / label_name.replace(" ", "_")] if label_name else []
+        spellings = dict.fromkeys([label_name, label_name.replace(" ", "_")] if label_name else [])
+        folders = [video_root / name for name in spellings if _folder_name(name)]
+        if spellings and not folders:
+            no_folder.setdefault(label_name, where)
         path = _find_kinetics_video(stem, [*folders, video_root], extensions, listing)
         entries.append(VideoRecord(path, label, stem, float(start), float(end)))
+    if no_folder:
+        # Such a label cannot have been a class folder, so a download can only have put its videos flat.
+        log.warning(
+            "%s: %d labels cannot be folder names (over %d bytes, or holding '/'); their videos are looked "
+            "for directly in %s: %s",
+            csv_path,
+            len(no_folder),
+            _NAME_MAX,
+            video_root,
+            _some([f"{where} ({len(os.fsencode(label))} bytes)" for label, where in no_folder.items()]),
+        )
     return _finish(entries, names, origin, str(csv_path), video_root, listing)
+
+
+def _folder_name(name: str) -> bool:
+    """Whether ``name`` can be one folder's name: not too long, not a path, not ``.`` or ``..``."""
+    return (
+        len(os.fsencode(name)) <= _NAME_MAX
+        and name not in (".", "..")
+        and not {"/", "\0", os.sep, os.altsep} & set(name)
+    )
 
 
 def _given_classes(
@@ -216,6 +290,8 @@ def path_label_list(
     names, origin = _given_classes(classes_file, classes)
     if names is not None and num_classes is not None and len(names) != num_classes:
         raise ValueError(f"num_classes={num_classes} but {origin} lists {len(names)} classes")
+    if names is not None:
+        check_class_names(names, origin)
     limit = len(names) if names is not None else num_classes
     entries = []
     for lineno, line in _read_lines(list_file):
@@ -312,7 +388,7 @@ def folder_per_class(
         names, origin = [p.name for p in class_dirs], f"sorted folder names of {root}"
     else:
         names, origin = list(classes), "the class list given"
-    index = _ClassIndex(names, origin)
+    index = _ClassIndex(names, origin, {p.name: f"class folder {p}" for p in class_dirs})
     entries, empty, found = [], [], set()
     for folder in class_dirs:
         label = index.index(folder.name, f"class folder {folder}")
@@ -339,9 +415,11 @@ def folder_per_class(
 
 
 class _ClassIndex:
-    """Class name -> index; a name also matches with spaces and underscores swapped (folder-name variants)."""
+    """Class name -> index; a name also matches with spaces and underscores swapped (folder-name variants).
+    Names that differ only in Unicode normalisation or case are refused (`check_class_names`)."""
 
-    def __init__(self, names: Sequence[str], origin: str):
+    def __init__(self, names: Sequence[str], origin: str, where: Mapping[str, str] | None = None):
+        check_class_names(names, origin, where)
         self.names, self.origin = list(names), origin
         self._exact = {name: i for i, name in enumerate(self.names)}
         loose: dict[str, list[int]] = {}
@@ -354,8 +432,22 @@ class _ClassIndex:
         if i is None:
             raise ValueError(
                 f"{where}: unknown class {name!r}, not one of the {len(self.names)} in {self.origin}"
+                + self._near(name)
             )
         return i
+
+    def _near(self, name: str) -> str:
+        """A known name that ``name`` spells otherwise (normalisation, case), as a hint; else ""."""
+        key = unicodedata.normalize("NFC", name).casefold()
+        for known in self.names:
+            if unicodedata.normalize("NFC", known).casefold() == key:
+                if unicodedata.normalize("NFC", known) == unicodedata.normalize("NFC", name):
+                    return (
+                        f" (it is {ascii(known)} in another Unicode normalisation: "
+                        f"{_normal_form(name)} here, {_normal_form(known)} there; write it one way, NFC)"
+                    )
+                return f" (it differs from {known!r} only in case)"
+        return ""
 
 
 class _Listing:
@@ -370,6 +462,10 @@ class _Listing:
             try:
                 names = frozenset(os.listdir(folder))
             except (FileNotFoundError, NotADirectoryError):
+                names = frozenset()
+            except OSError as e:
+                if e.errno != errno.ENAMETOOLONG:  # a name no file system holds: nothing is there
+                    raise
                 names = frozenset()
             self._names[folder] = names
         return name in names

@@ -2,20 +2,27 @@
 
 Used by the synthetic motion dataset, the demo and the tests: every video this project makes for itself
 goes through `write_video`, so the decoders are always exercised on genuinely encoded files (H.264 in MP4,
-MPEG-4 Part 2 in AVI), with or without B-frames.
+MPEG-4 Part 2 in AVI), with or without B-frames.  A video is written as every other file is
+(`iresvid.files.atomic_write`): PyAV's ``av.open(path, "w")`` would follow a symlink planted at ``path``,
+so PyAV gets a new, exclusively created file object instead, renamed into place once complete.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from iresvid.files import atomic_write
+
 # Container extension -> default video codec.  These two pairs are what Kinetics (.mp4, H.264) and
 # UCF101 (.avi, MPEG-4 Part 2 / xvid) ship as.
 DEFAULT_CODECS = {".mp4": "libx264", ".mkv": "libx264", ".avi": "mpeg4", ".webm": "libvpx-vp9"}
+# Container extension -> FFmpeg muxer: a file object carries no name to guess it from.
+CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
 
 
 def write_video(
@@ -27,19 +34,19 @@ def write_video(
     bframes: int = 0,
     gop_size: int = 12,
     crf: int = 18,
+    replace: bool = True,
 ) -> Path:
     """Encode RGB uint8 frames (T, H, W, 3) to ``path``; returns the path.
 
     ``bframes > 0`` makes the encoder emit B-frames, so packets are stored out of display order (and AVI
     files then start at timestamp 1): the case that shifts naive frame-index readers.  Width and height
-    must be even (yuv420p).
+    must be even (yuv420p).  ``replace=False`` refuses an existing ``path`` (`iresvid.files.WriteError`).
     """
-    import av  # local: importing PyAV is slow and only the writers need it
-
     path = Path(path)
-    codec = codec or DEFAULT_CODECS.get(path.suffix.lower())
-    if codec is None:
-        raise ValueError(f"write_video: no default codec for extension {path.suffix!r} of {path}")
+    container = CONTAINERS.get(path.suffix.lower())
+    if container is None:
+        raise ValueError(f"write_video: cannot write {path}: the extension is not one of {list(CONTAINERS)}")
+    codec = codec or DEFAULT_CODECS[path.suffix.lower()]
     frames = iter(frames)
     first = next(frames, None)
     if first is None:
@@ -52,10 +59,19 @@ def write_video(
         raise ValueError(f"write_video: width and height must be even for yuv420p, got {width}x{height}")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    from fractions import Fraction
 
+    def encode(file) -> None:
+        _encode(file, container, _chain(first, frames), (height, width), fps, codec, bframes, gop_size, crf)
+
+    return atomic_write(path, encode, replace=replace)
+
+
+def _encode(file, container_format: str, frames, size, fps, codec, bframes, gop_size, crf) -> None:
+    import av  # local: importing PyAV is slow and only the writers need it
+
+    height, width = size
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), "w") as container:
+    with av.open(file, "w", format=container_format) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
@@ -71,11 +87,10 @@ def write_video(
             }
         else:
             stream.codec_context.bit_rate = 4_000_000
-        for frame in _chain(first, frames):
+        for frame in frames:
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             container.mux(stream.encode(video_frame))
         container.mux(stream.encode())
-    return path
 
 
 def _chain(first, rest):

@@ -17,6 +17,12 @@ into the one ``manifest.jsonl`` (see `iresvid.data.manifest`), which a single-sh
 requeued when preempted or out of time, and `wait_for_shards` reports the failed ones or merges.
 The prepared root also gets the source's annotation files, rewritten for the ``.mp4`` names where they hold
 file names, so a config trains on it by changing ``data.root``; and a human summary.
+
+Every write goes through `iresvid.files`: the prepared root is refused when it is a symlink or another
+user's (`output_dir`), no folder inside it is written through a symlink (`folder_in`), a video is encoded
+into a new, randomly named file that PyAV gets as a file object (``av.open(path, "w")`` would follow a link
+planted at ``path``) in a temporary folder the run creates afresh, and the manifest, markers and annotation
+files are written atomically (`atomic_write`), the journal appended to only as a regular file of ours.
 """
 
 from __future__ import annotations
@@ -27,9 +33,9 @@ import json
 import logging
 import math
 import os
+import secrets
 import shutil
 import signal
-import socket
 import sys
 import time
 import zlib
@@ -57,6 +63,7 @@ from iresvid.data.manifest import (
 )
 from iresvid.data.video_io import BACKENDS, PyAVReader, VideoDecodeError, open_video
 from iresvid.errors import UserError
+from iresvid.files import WriteError, atomic_write, folder_in, open_append, open_new, output_dir
 
 if TYPE_CHECKING:
     import submitit  # the 'cluster' extra: imported where a job array is submitted
@@ -184,7 +191,10 @@ def list_videos(src: str | os.PathLike, fmt: str, **options) -> Listing:
         try:
             rel = Path(path).relative_to(src).as_posix()
         except ValueError:
-            raise PrepareError(f"prepare: {path} is listed but not under the source folder {src}") from None
+            rel = None
+        # relative_to is textual: "src/train/../../x" is "../../x" under src, and would be written there.
+        if rel is None or ".." in PurePosixPath(rel).parts:
+            raise PrepareError(f"prepare: {path} is listed but not under the source folder {src}")
         if rel in videos:
             continue
         out = output_path(rel)
@@ -194,7 +204,19 @@ def list_videos(src: str | os.PathLike, fmt: str, **options) -> Listing:
         videos[rel] = SourceVideo(rel, out, label)
     if not videos:
         raise PrepareError(f"prepare: no videos listed under {src}")
+    files = {_relative_name(name): text for name, text in files.items()}
     return Listing(sorted(videos.values(), key=lambda v: v.rel), files, sorted(set(folders)))
+
+
+def _relative_name(name: str) -> str:
+    """An annotation file's name under the prepared root, as it is under the source root.  An absolute
+    name (or one climbing out with ``..``) would have the copy, rewritten, replace the source's own file."""
+    if PurePosixPath(name).is_absolute() or Path(name).is_absolute() or ".." in PurePosixPath(name).parts:
+        raise PrepareError(
+            f"prepare: annotation file {name} must be named relative to the source folder (the prepared "
+            "copy gets its own, at the same place under the prepared folder)"
+        )
+    return PurePosixPath(name).as_posix()
 
 
 def _records(result: ann.Annotations) -> tuple[list, list]:
@@ -316,6 +338,8 @@ def prepare_video(job: _Job, video: SourceVideo, previous: dict | None = None) -
             log.info("%s: the earlier output is not usable (%s); preparing it again", video.out, e)
     try:
         entry = _encode(job, video, source, described)
+    except WriteError:
+        raise  # the prepared folder's fault (a planted link, no space), not the video's: the run stops
     except (VideoDecodeError, _CheckFailed, OSError) as e:
         reason = e.reason if isinstance(e, VideoDecodeError) else str(e)
         return {**base, "status": f"{CORRUPT}: {reason}", "source": described}, "failed"
@@ -355,8 +379,8 @@ def _encode(job: _Job, video: SourceVideo, source: Path, described: dict) -> dic
             return {"status": f"{CORRUPT}: no frame rate", "source": described}
         height, width = _output_size(index.size, job.options.short_side)
         rate = Fraction(index.fps).limit_denominator(1001)
-        tmp = job.tmp_dir / f"{hashlib.sha1(video.out.encode()).hexdigest()[:16]}.mp4"
-        job.tmp_dir.mkdir(parents=True, exist_ok=True)
+        # A fresh random name, created exclusively (`_transcode`), in the folder this run created.
+        tmp = job.tmp_dir / f"{secrets.token_hex(8)}.mp4"
         checks = _check_positions(index.num_frames, job.verify)
         for attempt in (0, 1):
             try:
@@ -374,10 +398,10 @@ def _encode(job: _Job, video: SourceVideo, source: Path, described: dict) -> dic
     out_index, decord_exact = _check_output(
         tmp, index.num_frames, (height, width), job.options.gop, job.verify, thumbs
     )
-    target = job.dst_root / video.out
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = folder_in(job.dst_root, PurePosixPath(video.out).parent) / PurePosixPath(video.out).name
+    _fsync(tmp)  # on disk before its journal line says it is done
     os.utime(tmp, ns=(described["mtime_ns"], described["mtime_ns"]))  # the same source, the same file
-    os.replace(tmp, target)
+    os.replace(tmp, target)  # a link planted at the target is replaced, not followed
     stat = target.stat()
     return {
         "status": OK,
@@ -395,6 +419,14 @@ def _encode(job: _Job, video: SourceVideo, source: Path, described: dict) -> dic
         "index": index_record(out_index),
         "source": described,
     }
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _output_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
@@ -448,7 +480,7 @@ def _transcode(
     wanted, thumbs = set(checks), {}
     count = 0
     try:
-        with av.open(str(tmp), "w", format="mp4") as out:
+        with open_new(tmp) as file, av.open(file, "w", format="mp4") as out:
             stream = out.add_stream(
                 "libx264",
                 rate=rate,
@@ -495,7 +527,12 @@ def _add_audio(source: Path, tmp: Path) -> None:
     import av
 
     staged = tmp.with_suffix(".audio.mp4")
-    with av.open(str(tmp)) as video_in, av.open(str(source)) as audio_in, av.open(str(staged), "w") as out:
+    with (
+        av.open(str(tmp)) as video_in,
+        av.open(str(source)) as audio_in,
+        open_new(staged) as file,
+        av.open(file, "w", format="mp4") as out,
+    ):
         video = out.add_stream_from_template(video_in.streams.video[0])
         audio_src = audio_in.streams.audio[0]
         rate = audio_src.codec_context.sample_rate or 48000
@@ -616,25 +653,23 @@ def prepare(
         raise PrepareError(f"prepare: the prepared folder must differ from the source {src}")
     i, n = shard
     listing = list_videos(src, format, **annotation_options)
-    dst.mkdir(parents=True, exist_ok=True)
+    output_dir(dst)  # a symlinked or foreign folder is refused before any video is encoded
     _claim(dst, options)
-    state = dst / STATE_DIR
+    state = folder_in(dst, STATE_DIR)
     journal = state / f"shard-{i:04d}-of-{n:04d}.jsonl"
-    tmp_dir = state / f"tmp-{i:04d}-of-{n:04d}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)  # a killed run's partial files
-    state.mkdir(exist_ok=True)
+    tmp_dir = _fresh_folder(state / f"tmp-{i:04d}-of-{n:04d}")
     mine = [v for v in listing.videos if shard_of(v, n) == i]
     previous = _previous_lines(dst, journal)
     job = _Job(src, dst, tmp_dir, options, verify)
     start = time.perf_counter()
     done: dict[str, bytes] = {}  # the lines, not parsed entries: a shard may hold the whole of Kinetics
     tally = _Tally()
-    with open(journal, "ab") as log_file:
+    with open_append(journal, newline="\n") as log_file:
         for entry, action in _run(job, mine, previous, workers, progress):
             line = dump_line(entry)
             done[entry["path"]] = line
             tally.add(entry, action)
-            log_file.write(line)
+            log_file.write(line.decode("utf-8"))
             log_file.flush()
             os.fsync(log_file.fileno())
     tally.seconds = time.perf_counter() - start
@@ -648,6 +683,20 @@ def prepare(
     if n == 1:
         return merge_shards(dst, quiet=True, this_run=tally)
     return tally.report(len(mine), None, f"shard {i}/{n}")
+
+
+def _fresh_folder(path: Path) -> Path:
+    """``path`` created empty, for this run alone (mode 700): a killed run's partial files are deleted, and a
+    link there is removed, not followed."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    try:
+        path.mkdir(mode=0o700)
+    except OSError as e:
+        raise WriteError(path, f"{type(e).__name__}: {e}", e.errno) from e
+    return path
 
 
 def _parsed(line: bytes | None) -> dict | None:
@@ -742,28 +791,33 @@ def _previous_lines(dst: Path, journal: Path) -> dict[str, bytes]:
     """What earlier runs finished: the merged manifest, then this shard's journal (which is newer)."""
     lines: dict[str, bytes] = {}
     for path in (dst / MANIFEST_NAME, journal):
+        if path.is_symlink():  # not ours to trust: it may name any file
+            raise WriteError(path, f"it is a symbolic link (to {os.readlink(path)}); remove it")
         if path.is_file():
             lines.update((entry["path"], line) for entry, line in parse_lines(path))
     return lines
 
 
 def _write_if_changed(path: Path, data: bytes) -> bool:
-    """Write ``data`` atomically unless the file already holds it (a re-run rewrites nothing)."""
-    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+    """Write ``data`` atomically (`atomic_write`: a new random name, so the tasks of a job array, on several
+    hosts, can write the same annotation files) unless the file already holds it (a re-run rewrites
+    nothing).  A symlink there is replaced, even by the same bytes: it is not ours."""
+    try:
+        same = path.lstat().st_size == len(data) and not path.is_symlink() and path.read_bytes() == data
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        same = False
+    if same:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Named by host and process: the tasks of a job array, on several hosts, write the same annotation files.
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return True
 
 
 def _write_annotations(dst: Path, listing: Listing) -> None:
     for rel, text in listing.annotation_files.items():
-        _write_if_changed(dst / rel, text.encode())
+        name = PurePosixPath(rel)
+        _write_if_changed(folder_in(dst, name.parent) / name.name, text.encode())
     for folder in listing.class_folders:
-        (dst / folder).mkdir(parents=True, exist_ok=True)
+        folder_in(dst, folder)
 
 
 def merge_shards(
@@ -807,6 +861,7 @@ def merge_shards(
         raise PrepareError(f"{dst}: the shards list {listed} videos but their journals hold {len(lines)}")
     if this_run is None:
         tally.seconds = sum(d["seconds"] for d in done)
+    output_dir(dst, create=False)
     changed = _write_if_changed(dst / MANIFEST_NAME, manifest_bytes(lines))
     report = tally.report(listed, dst / MANIFEST_NAME, "")
     if changed or not (dst / SUMMARY_NAME).is_file():
@@ -823,7 +878,7 @@ def _remove_state(state: Path) -> None:
     for path in state.iterdir():
         if path.name == JOBS_DIR:
             continue
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():  # a link is removed, never the folder it names
             shutil.rmtree(path)
         else:
             path.unlink()
@@ -1000,20 +1055,22 @@ def submit_shards(
     options = PrepareOptions(**{k: v for k, v in prepare_options.items() if k in option_names})
     listing_options = {k: v for k, v in prepare_options.items() if k not in option_names and k != "verify"}
     list_videos(src, format, **listing_options)
-    dst.mkdir(parents=True, exist_ok=True)
+    output_dir(dst)
     _claim(dst, options)
-    executor = _executor(dst / STATE_DIR / JOBS_DIR, jobs)
+    executor = _executor(dst, jobs)
     tasks = [ShardTask(src, dst, format, (i, shards), jobs.cpus, prepare_options) for i in range(shards)]
     return executor.submit_array(tasks)
 
 
-def _executor(folder: Path, jobs: JobOptions) -> submitit.Executor:
+def _executor(dst: Path, jobs: JobOptions) -> submitit.Executor:
+    """submitit's executor, its logs in ``dst/.prepare/jobs/`` (created only once it can submit)."""
     try:
         import submitit
     except ImportError:
         raise PrepareError("prepare: a job array needs submitit: pip install 'iresvid[cluster]'") from None
     if jobs.launcher == "slurm" and shutil.which("srun") is None:
         raise PrepareError("prepare: no SLURM here (srun is not on the PATH); submit from a login node")
+    folder = folder_in(dst, f"{STATE_DIR}/{JOBS_DIR}")
     # Both executors' options are given; AutoExecutor passes on the chosen one's.
     executor = submitit.AutoExecutor(
         folder, cluster=jobs.launcher, slurm_max_num_timeout=jobs.max_requeues,

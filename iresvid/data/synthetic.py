@@ -19,11 +19,12 @@ import os
 import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from iresvid.data.encode import write_video
+from iresvid.files import WriteError, atomic_write, folder_in, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +223,14 @@ def make_demo_data(
     ``annotations/train.csv``, ``val.csv`` (official CSV), ``train.txt``, ``val.txt`` (path-label lists
     relative to ``videos/``) and ``classes.txt``; the last quarter of each class's videos is val.
     Odd-numbered videos have B-frames, which make AVI timestamps start at 1.  A video's content depends only
-    on (seed, class, index), so both layouts hold the same clips whatever the order of generation.  Existing
-    files of the same names are overwritten.
+    on (seed, class, index), so both layouts hold the same clips whatever the order of generation.
+
+    No existing file is ever replaced: ``root`` is a folder the user named, not its files, and it may be a
+    real dataset's (whose ``annotations/train.csv`` the Kinetics layout would otherwise overwrite).  So when
+    any file it would write exists already, nothing is written and a `iresvid.files.WriteError` names it;
+    files of other names are left alone.  Each file is created under a new name and linked into place only
+    while its name is free (`iresvid.files.atomic_write` with ``replace=False``), and a symlinked ``root``
+    or folder inside it is refused, never written through.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -238,10 +245,28 @@ def make_demo_data(
     if height % 2 or width % 2 or min(height, width) < 16:
         raise ValueError(f"size must be even (yuv420p) and at least 16 px, got {size}")
     start = time.perf_counter()
-    root = Path(root)
-    write = _write_ucf101 if layout == "ucf101" else _write_kinetics
-    classes, counts, files = write(root, sorted(names), seed, videos_per_class, num_frames, size, fps)
-    data = DemoData(root, layout, classes, root / "videos", counts, files, time.perf_counter() - start)
+    root = output_dir(root)
+    plan = _plan_ucf101 if layout == "ucf101" else _plan_kinetics
+    demo = plan(sorted(names), seed, videos_per_class)
+    _refuse_existing(root, demo)
+    # Every folder checked (a link refused) before the first video is rendered.
+    annotation_dir = folder_in(root, ANNOTATIONS)
+    folders = {
+        rel: folder_in(root, rel)
+        for rel in sorted({PurePosixPath(VIDEOS, v.rel).parent for v in demo.videos})
+    }
+    for video in demo.videos:
+        path = folders[PurePosixPath(VIDEOS, video.rel).parent] / PurePosixPath(video.rel).name
+        frames = render_clip(video.name, video_rngs(seed, video.name, video.index)[0], num_frames, size)
+        write_video(path, frames, fps=fps, codec=video.codec, bframes=video.bframes, replace=False)
+    # The annotation files last: a folder with them is a complete dataset.
+    files = {
+        key: atomic_write(annotation_dir / name, text, replace=False)
+        for key, (name, text) in demo.texts.items()
+    }
+    data = DemoData(
+        root, layout, demo.classes, root / VIDEOS, demo.counts, files, time.perf_counter() - start
+    )
     log.info("%s", data.summary())
     return data
 
@@ -291,32 +316,57 @@ def _camel(class_name: str) -> str:
     return "".join(word.capitalize() for word in class_name.split())
 
 
-# What a layout writer returns: dataset class names (sorted), videos per split, annotation files.
-_Written = tuple[list[str], dict[str, int], dict[str, Path]]
+VIDEOS, ANNOTATIONS = "videos", "annotations"  # the two folders under a demo root
 
 
-def _write_ucf101(
-    root: Path,
-    names: list[str],
-    seed: int,
-    per_class: int,
-    num_frames: int,
-    size: tuple[int, int],
-    fps: float,
-) -> _Written:
-    video_root, annotation_dir = root / "videos", root / "annotations"
+@dataclass(frozen=True)
+class _Video:
+    """One video to write: its path under ``videos/``, and what makes its frames and encoding."""
+
+    rel: str
+    name: str  # the demo class
+    index: int  # within the class
+    codec: str
+    bframes: int
+
+
+@dataclass
+class _Plan:
+    """Everything a layout writes, named before anything is written (so an existing name stops it first)."""
+
+    classes: list[str]  # as named in the dataset, sorted
+    counts: dict[str, int]  # videos per split
+    videos: list[_Video]
+    texts: dict[str, tuple[str, str]]  # key -> (file name under annotations/, its text)
+
+
+def _refuse_existing(root: Path, plan: _Plan) -> None:
+    paths = [root / VIDEOS / v.rel for v in plan.videos] + [
+        root / ANNOTATIONS / n for n, _ in plan.texts.values()
+    ]
+    existing = [p for p in paths if os.path.lexists(p)]
+    if existing:
+        more = f" (as do {len(existing) - 1} more of the demo's files)" if len(existing) > 1 else ""
+        raise WriteError(
+            existing[0], f"it exists already{more}; make-demo-data never replaces a file: choose a new folder"
+        )
+
+
+def _bframes(index: int) -> int:
+    return 2 if index % 2 else 0
+
+
+def _plan_ucf101(names: list[str], seed: int, per_class: int) -> _Plan:
     per_group, _, test_block = ucf101_groups(per_class)
     folders = {_camel(n): n for n in names}
     camel = sorted(folders)  # UCF101's classInd is alphabetical
     lists: dict[str, list[str]] = {f"{subset}list0{k}": [] for subset in ("train", "test") for k in (1, 2, 3)}
+    videos = []
     for label, folder in enumerate(camel, 1):
         for index in range(per_class):
             group, clip = index // per_group + 1, index % per_group + 1
             rel = f"{folder}/v_{folder}_g{group:02d}_c{clip:02d}.avi"
-            frames = render_clip(
-                folders[folder], video_rngs(seed, folders[folder], index)[0], num_frames, size
-            )
-            write_video(video_root / rel, frames, fps=fps, codec="mpeg4", bframes=2 if index % 2 else 0)
+            videos.append(_Video(rel, folders[folder], index, "mpeg4", _bframes(index)))
             for k in (1, 2, 3):
                 if (k - 1) * test_block < group <= k * test_block:
                     lists[f"testlist0{k}"].append(rel)
@@ -324,50 +374,38 @@ def _write_ucf101(
                     lists[f"trainlist0{k}"].append(f"{rel} {label}")
     # CRLF line ends, as in the official ucfTrainTestlist files.
     class_lines = [f"{i} {c}" for i, c in enumerate(camel, 1)]
-    files = {"classInd": _write_lines(annotation_dir / "classInd.txt", class_lines, newline="\r\n")}
-    for name, lines in lists.items():
-        files[name] = _write_lines(annotation_dir / f"{name}.txt", lines, newline="\r\n")
+    texts = {"classInd": ("classInd.txt", _lines(class_lines, "\r\n"))}
+    texts |= {name: (f"{name}.txt", _lines(lines, "\r\n")) for name, lines in lists.items()}
     counts = {f"{s}{k}": len(lists[f"{s}list0{k}"]) for k in (1, 2, 3) for s in ("train", "test")}
-    return camel, counts, files
+    return _Plan(camel, counts, videos, texts)
 
 
-def _write_kinetics(
-    root: Path,
-    names: list[str],
-    seed: int,
-    per_class: int,
-    num_frames: int,
-    size: tuple[int, int],
-    fps: float,
-) -> _Written:
-    video_root, annotation_dir = root / "videos", root / "annotations"
+def _plan_kinetics(names: list[str], seed: int, per_class: int) -> _Plan:
     num_val = max(1, per_class // 4)
     rows: dict[str, list[list[str]]] = {"train": [], "val": []}
     lists: dict[str, list[str]] = {"train": [], "val": []}
+    videos = []
     for label, name in enumerate(names):
         for index in range(per_class):
             split = "val" if index >= per_class - num_val else "train"
-            pixels, metadata = video_rngs(seed, name, index)
+            metadata = video_rngs(seed, name, index)[1]
             youtube_id = "".join(metadata.choice(list(_YOUTUBE_ALPHABET), 11))
             start = int(metadata.integers(0, 300))
             end = start + 10  # Kinetics clips are 10 s cuts of a YouTube video
             rel = f"{split}/{name}/{youtube_id}_{start:06d}_{end:06d}.mp4"
-            frames = render_clip(name, pixels, num_frames, size)
-            write_video(video_root / rel, frames, fps=fps, codec="libx264", bframes=2 if index % 2 else 0)
+            videos.append(_Video(rel, name, index, "libx264", _bframes(index)))
             rows[split].append([name, youtube_id, str(start), str(end), split])
             lists[split].append(f"{rel} {label}")
-    files = {"classes": _write_lines(annotation_dir / "classes.txt", names)}
+    texts = {"classes": ("classes.txt", _lines(names))}
     for split in ("train", "val"):
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
         writer.writerows(rows[split])
-        files[f"{split}_csv"] = _write_lines(annotation_dir / f"{split}.csv", [text.getvalue()], newline="")
-        files[f"{split}_list"] = _write_lines(annotation_dir / f"{split}.txt", lists[split])
-    return names, {split: len(lines) for split, lines in lists.items()}, files
+        texts[f"{split}_csv"] = (f"{split}.csv", text.getvalue())
+        texts[f"{split}_list"] = (f"{split}.txt", _lines(lists[split]))
+    return _Plan(names, {split: len(lines) for split, lines in lists.items()}, videos, texts)
 
 
-def _write_lines(path: Path, lines: list[str], *, newline: str = "\n") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes("".join(line + newline for line in lines).encode())
-    return path
+def _lines(lines: list[str], newline: str = "\n") -> str:
+    return "".join(line + newline for line in lines)
