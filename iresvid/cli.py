@@ -19,13 +19,34 @@ from iresvid.benchmarks import add_arguments as add_benchmark_arguments
 from iresvid.errors import UserError
 
 
+class _AppendHandler(logging.StreamHandler):
+    """A log file opened by `iresvid.files.open_append` (``logging.FileHandler`` follows a symlink planted
+    at its name); closed with the handler."""
+
+    def __init__(self, path: Path):
+        from iresvid.files import open_append
+
+        super().__init__(open_append(path))
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            self.flush()
+            self.stream.close()
+        finally:
+            self.release()
+            super().close()
+
+
 def setup_logging(output_dir: str | Path | None) -> None:
-    """INFO to stderr on the main process (warnings only elsewhere), and to ``output_dir/log.txt``."""
+    """INFO to stderr on the main process (warnings only elsewhere), and to ``output_dir/log.txt``, which
+    is appended to only if it is a regular file of ours (never through a symlink)."""
     rank = int(os.environ.get("RANK", "0"))
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if output_dir is not None and rank == 0:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(output_dir) / "log.txt"))
+        from iresvid.files import output_dir as checked_dir
+
+        handlers.append(_AppendHandler(checked_dir(output_dir) / "log.txt"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [{rank}] %(levelname)s %(name)s: %(message)s",
@@ -63,9 +84,10 @@ def _zoo(args: argparse.Namespace) -> int:
 def _make_demo_data(args: argparse.Namespace) -> int:
     from iresvid.data.synthetic import make_demo_data
 
-    summary = make_demo_data(args.root, layout=args.layout, seed=args.seed)
-    print(summary.summary())
-    return 0
+    def run() -> None:  # a folder holding the demo's files already is refused in one line
+        print(make_demo_data(args.root, layout=args.layout, seed=args.seed).summary())
+
+    return run_guarded(run)
 
 
 TRAIN_USAGE = """usage: iresvid train --config FILE [--resume auto|CHECKPOINT] [-m] [key=value ...]

@@ -27,6 +27,7 @@ from iresvid.data.synthetic import direction_pairs, make_demo_data
 from iresvid.engine.metrics import AccuracyMeter
 from iresvid.engine.testing import run_test
 from iresvid.engine.trainer import train
+from iresvid.files import atomic_write, output_dir
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_synthetic.yaml"
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     def run():
+        output_dir(args.output)  # refused in one line now, not after both trainings
         root = Path(args.data) / "ucf101"
         if not (root / "annotations" / "classInd.txt").is_file():
             print(f"writing the synthetic motion dataset to {root} ...", flush=True)
@@ -57,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for title, name, extra in TWINS:
             out = Path(args.output) / name
-            overrides = [f"data.root={root}", f"train.output_dir={out}", *extra, *args.overrides]
+            # The demo's own folders: a second `make demo` starts its runs over (train.overwrite).
+            overrides = [f"data.root={root}", f"train.output_dir={out}", "train.overwrite=true"]
+            overrides += [*extra, *args.overrides]
             cfg = load_config(CONFIG, overrides)
             print(
                 f"\n== {title}: {cfg.model.name}, inflate={cfg.model.inflate}, {cfg.schedule.epochs} epochs",
@@ -125,8 +129,8 @@ def report(rows: list[dict], output: Path, *, num_clips: int) -> None:
         f"type; direction = right member of its pair"
     )
     print("\n" + "\n".join(lines))
-    (output / "summary.json").write_text(json.dumps(rows, indent=2))
-    (output / "summary.txt").write_text("\n".join(lines) + "\n")
+    atomic_write(output / "summary.json", json.dumps(rows, indent=2))
+    atomic_write(output / "summary.txt", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def run():
         from iresvid.engine.export import FORMATS, example_input, export_model, load_for_export
+        from iresvid.files import output_dir
 
         setup_logging(None)
+        output_dir(args.out)  # a folder that cannot take the files is refused before any work
         model, clip_shape, info = load_for_export(
             checkpoint=args.checkpoint,
             model_name=args.model,

@@ -25,7 +25,15 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from iresvid.config.schema import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from iresvid.config.schema import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    check_value,
+)
 from iresvid.errors import ConfigError
 
 __all__ = [
@@ -296,13 +304,7 @@ def _check_values(node, prefix: str) -> None:
         if dataclasses.is_dataclass(value):
             _check_values(value, key + ".")
             continue
-        choices, minimum = f.metadata.get("choices"), f.metadata.get("min")
-        if choices is not None and value not in choices:
-            raise ConfigError(f"'{key}' must be one of {list(choices)}, got {value!r}")
-        if minimum is not None and value is not None and value < minimum:
-            raise ConfigError(f"'{key}' must be >= {minimum}, got {value!r}")
-        if isinstance(value, list) and any(isinstance(v, int | float) and v < 0 for v in value):
-            raise ConfigError(f"'{key}' must not contain negative numbers, got {value}")
+        check_value(key, value, f.metadata)
     if isinstance(node, Config):
         _check_cross_fields(node)
 
@@ -325,6 +327,15 @@ def _check_cross_fields(cfg: Config) -> None:
     for key, values in (("data.mean", d.mean), ("data.std", d.std)):
         if values is not None and len(values) != 3:
             raise ConfigError(f"'{key}' needs 3 values (RGB), got {values}")
+    if len(d.area_scale) != 2 or d.area_scale[0] > d.area_scale[1]:
+        raise ConfigError(f"'data.area_scale' needs two fractions [min, max], min <= max, got {d.area_scale}")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"'optim.betas' needs two values [beta1, beta2], got {cfg.optim.betas}")
+    if cfg.train.overwrite and cfg.train.resume:
+        raise ConfigError(
+            f"'train.overwrite' starts the run over and 'train.resume' ({cfg.train.resume}) continues it: "
+            f"set only one"
+        )
     if cfg.schedule.warmup_epochs >= cfg.schedule.epochs and cfg.schedule.warmup_epochs > 0:
         raise ConfigError(
             f"'schedule.warmup_epochs' ({cfg.schedule.warmup_epochs}) must be shorter than "

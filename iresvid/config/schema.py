@@ -6,14 +6,19 @@ YAML files under ``configs/`` only override these defaults (PySlowFast's ``defau
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from iresvid.data.video_io import BACKENDS, DEFAULT_BACKEND
+from iresvid.errors import ConfigError
 from iresvid.models.resnet import INFLATIONS
 
 
 def doc(default, help: str, **checks):
-    """A field with its help text and value checks (``min``, ``choices``) kept as metadata."""
+    """A field with its help text and value checks kept as metadata: ``choices``, and the bounds ``min`` /
+    ``max`` (inclusive) and ``above`` / ``below`` (exclusive), which bound every element of a list.  Every
+    float must be finite (`check_value`)."""
     factory = isinstance(default, list | dict)
     metadata = {"help": help, **checks}
     if factory:
@@ -22,6 +27,53 @@ def doc(default, help: str, **checks):
             metadata=metadata,
         )
     return field(default=default, metadata=metadata)
+
+
+def check_value(key: str, value, checks: Mapping) -> None:
+    """Refuse, in one `ConfigError` line naming ``key``, a value outside its ``choices`` or bounds, and NaN
+    or an infinity in any float: NaN passes every ``<`` comparison, so it must be named to be refused."""
+    choices = checks.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"'{key}' must be one of {list(choices)}, got {value!r}")
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            continue
+        if not math.isfinite(item):
+            raise ConfigError(f"'{key}' must be a finite number, got {value!r}")
+        if not _within(item, checks):
+            bounds = _bounds_text(checks)
+            if isinstance(value, list):
+                raise ConfigError(
+                    f"'{key}' must not contain {item!r}: each value must be {bounds}, got {value}"
+                )
+            raise ConfigError(f"'{key}' must be {bounds}, got {value!r}")
+
+
+def _within(x: float, checks: Mapping) -> bool:
+    low, high = checks.get("min"), checks.get("max")
+    above, below = checks.get("above"), checks.get("below")
+    return (
+        (low is None or x >= low)
+        and (high is None or x <= high)
+        and (above is None or x > above)
+        and (below is None or x < below)
+    )
+
+
+def _bounds_text(checks: Mapping) -> str:
+    """``>= 1``, ``> 0``, ``in [0, 1)``: the bounds as a person reads them."""
+    low = ("[", checks["min"]) if "min" in checks else ("(", checks["above"]) if "above" in checks else None
+    high = ("]", checks["max"]) if "max" in checks else (")", checks["below"]) if "below" in checks else None
+    if low and high:
+        return f"in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {_number(low[1])}"
+    return f"{'<=' if high[0] == ']' else '<'} {_number(high[1])}"
+
+
+def _number(x: float) -> str:
+    return format(x, "g") if isinstance(x, float) else str(x)
 
 
 @dataclass
@@ -45,13 +97,15 @@ class ModelConfig:
         "3D: temporal max-pool (kernel = stride) after stage 1, as pytorchvideo's c2d_r50/i3d_r50: 2",
         min=1,
     )
-    temporal_strides: list[int] | None = doc(None, "temporal stride per stage (None: 1 everywhere)")
+    temporal_strides: list[int] | None = doc(None, "temporal stride per stage (None: 1 everywhere)", min=1)
     stem_temporal_kernel: int | None = doc(
         None, "temporal kernel of the stem conv (None: per pattern)", min=1
     )
     width_scale: float = doc(1.0, "multiply every width (tiny models for demos and tests)", min=0.01)
-    layers: list[int] | None = doc(None, "blocks per stage, overriding the depth's")
-    drop_rate: float = doc(0.5, "dropout before the classifier (SlowFast/pytorchvideo use 0.5)", min=0.0)
+    layers: list[int] | None = doc(None, "blocks per stage, overriding the depth's", min=1)
+    drop_rate: float = doc(
+        0.5, "dropout before the classifier (SlowFast/pytorchvideo use 0.5)", min=0.0, below=1.0
+    )
     zero_init_last: bool = doc(False, "start every residual branch at zero")
     frozen_stages: int = doc(-1, "freeze the stem (0) and stages 1..k (-1: nothing)", min=-1)
     norm_eval: bool = doc(False, "keep BN statistics frozen while training (small-batch fine-tuning)")
@@ -89,11 +143,17 @@ class DataConfig:
     crop_mode: str = doc(
         "short_side_jitter", "training crop scheme", choices=("short_side_jitter", "random_resized_crop")
     )
-    jitter_sizes: list[int] = doc([256, 320], "short_side_jitter: short side drawn from this range")
-    area_scale: list[float] = doc([0.08, 1.0], "random_resized_crop: area range")
-    flip_prob: float = doc(0.5, "horizontal flip probability", min=0.0)
-    mean: list[float] | None = doc(None, "normalisation mean in 0-1 units (None: the model's default)")
-    std: list[float] | None = doc(None, "normalisation std in 0-1 units (None: the model's default)")
+    jitter_sizes: list[int] = doc([256, 320], "short_side_jitter: short side drawn from this range", min=1)
+    area_scale: list[float] = doc(
+        [0.08, 1.0], "random_resized_crop: area range, fractions of the frame", above=0.0, max=1.0
+    )
+    flip_prob: float = doc(0.5, "horizontal flip probability", min=0.0, max=1.0)
+    mean: list[float] | None = doc(
+        None, "normalisation mean in 0-1 units (None: the model's default)", min=0.0, max=1.0
+    )
+    std: list[float] | None = doc(
+        None, "normalisation std in 0-1 units (None: the model's default)", above=0.0
+    )
     test_size: int = doc(256, "evaluation: short side of the frames", min=1)
     test_crop_size: int | None = doc(None, "evaluation crop (None: test_size, full-height crops)", min=1)
     num_clips: int = doc(10, "evaluation: uniformly spaced clips per video", min=1)
@@ -122,11 +182,11 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = doc("sgd", "optimizer", choices=("sgd", "adamw"))
-    lr: float = doc(0.1, "peak learning rate for `base_batch_size`", min=0.0)
+    lr: float = doc(0.1, "peak learning rate for `base_batch_size`", above=0.0)
     base_batch_size: int = doc(64, "lr is scaled linearly by batch_size / base_batch_size", min=1)
-    momentum: float = doc(0.9, "SGD momentum", min=0.0)
+    momentum: float = doc(0.9, "SGD momentum", min=0.0, below=1.0)
     nesterov: bool = doc(True, "SGD Nesterov momentum")
-    betas: list[float] = doc([0.9, 0.999], "AdamW betas")
+    betas: list[float] = doc([0.9, 0.999], "AdamW betas", min=0.0, below=1.0)
     weight_decay: float = doc(1e-4, "weight decay", min=0.0)
     no_decay_norm_bias: bool = doc(True, "no weight decay on BN parameters and biases")
 
@@ -138,25 +198,33 @@ class ScheduleConfig:
     )
     epochs: int = doc(196, "training epochs", min=1)
     warmup_epochs: float = doc(34.0, "linear warm-up length", min=0.0)
-    warmup_start_factor: float = doc(0.1, "warm-up starts at lr × this", min=0.0)
-    milestones: list[int] = doc([30, 60, 80], "multistep: epochs where lr is multiplied by gamma")
-    gamma: float = doc(0.1, "multistep factor", min=0.0)
-    min_lr_factor: float = doc(0.0, "cosine: final lr = lr × this", min=0.0)
+    warmup_start_factor: float = doc(0.1, "warm-up starts at lr × this", min=0.0, max=1.0)
+    milestones: list[int] = doc([30, 60, 80], "multistep: epochs where lr is multiplied by gamma", min=0)
+    gamma: float = doc(0.1, "multistep factor", above=0.0, max=1.0)
+    min_lr_factor: float = doc(0.0, "cosine: final lr = lr × this", min=0.0, max=1.0)
 
 
 @dataclass
 class TrainConfig:
     output_dir: str = doc("runs/${name}", "checkpoints, logs, metrics, plots")
     resume: str | None = doc(None, "'auto' (latest in output_dir), a checkpoint path, or None")
-    seed: int = doc(0, "seed of every random choice (data, augmentation, init)")
+    overwrite: bool = doc(
+        False,
+        "start a new run in an output_dir that holds another run's files: deletes that run's checkpoints "
+        "(last, best, epoch_*), config.yaml, log.txt, metrics, TensorBoard events and reports first "
+        "(not with resume; without it such a folder is refused)",
+    )
+    seed: int = doc(0, "seed of every random choice (data, augmentation, init)", min=0, max=2**63 - 1)
     device: str = doc("auto", "'auto' (cuda if available), 'cpu', 'cuda'")
     amp: str = doc("none", "mixed precision", choices=("none", "bf16", "fp16"))
-    label_smoothing: float = doc(0.0, "cross-entropy label smoothing", min=0.0)
+    label_smoothing: float = doc(0.0, "cross-entropy label smoothing", min=0.0, below=1.0)
     mixup_alpha: float = doc(0.0, "mixup Beta(α, α) (0: off)", min=0.0)
     cutmix_alpha: float = doc(0.0, "cutmix Beta(α, α) (0: off)", min=0.0)
     accum_steps: int = doc(1, "gradient accumulation steps per optimizer step", min=1)
-    clip_grad_norm: float | None = doc(None, "clip the gradient norm to this (None: off)", min=0.0)
-    ema_decay: float | None = doc(None, "exponential moving average of the weights (e.g. 0.9998)", min=0.0)
+    clip_grad_norm: float | None = doc(None, "clip the gradient norm to this (None: off)", above=0.0)
+    ema_decay: float | None = doc(
+        None, "exponential moving average of the weights (e.g. 0.9998; None: off)", above=0.0, below=1.0
+    )
     precise_bn_batches: int = doc(0, "recompute BN statistics on this many batches before evaluation", min=0)
     eval_every: int = doc(1, "evaluate every k epochs (0: only at the end)", min=0)
     save_every: int = doc(10, "keep a checkpoint every k epochs besides last/best (0: none)", min=0)

@@ -13,12 +13,17 @@ new one, never a truncated mix.  This module decides which files there are and w
   rolling copy is the fallback should ``last.pth`` be damaged anyway (copied elsewhere and truncated, a
   disk error), and it is never overwritten by a mid-epoch save.
 
+Pruning deletes only epoch files this run wrote: each checkpoint records them (``checkpoint_files``), and a
+resumed run adopts that record (`CheckpointManager.adopt`), so an ``epoch_*.pth`` another run left in the
+folder — or one copied there by hand — is never deleted for its name.
+
 Checkpoints are read back with `read_checkpoint` (``torch.load(weights_only=True)``), so everything saved
 must be tensors and plain Python values; `capture_rng_state` converts the RNG states accordingly.  The
 manager reads back its first save before putting it in place, so a state that cannot be loaded (an
 ``argparse.Namespace``, a numpy scalar…) fails at the first save instead of at the resume days later.
 
-Only one process (rank 0) may save into a directory: rank 0 of a DDP job, and one job per directory.
+Only one process (rank 0) may save into a directory: rank 0 of a DDP job, and one job per directory (the
+trainer holds `iresvid.files.RunLock` on it for the whole run).
 """
 
 from __future__ import annotations
@@ -105,10 +110,19 @@ class CheckpointManager:
 
     ``keep_every_epochs``: keep ``epoch_{E:04d}.pth`` for good when E is a multiple of it (0: never).
     ``keep_last``: also keep the newest ``keep_last`` epoch-end checkpoints as ``epoch_*.pth`` (0: none).
-    Retention goes by file name: epoch files of an earlier run in the same directory follow today's rules.
+    Retention applies to this run's own epoch files only (see the module docstring).
+    ``clean``: delete the temporary files of interrupted writes — only where no other process may be
+    writing into the directory (the process holding the run's lock).
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep_every_epochs: int = 0, keep_last: int = 1):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep_every_epochs: int = 0,
+        keep_last: int = 1,
+        clean: bool = True,
+    ):
         if keep_every_epochs < 0 or keep_last < 0:
             raise ValueError(
                 f"keep_every_epochs and keep_last must be >= 0, got {keep_every_epochs}, {keep_last}"
@@ -118,7 +132,9 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.directory.mkdir(parents=True, exist_ok=True)
         self._verified = False
-        remove_stale_temps(self.directory)  # a manager being built is not saving: every temp there is stale
+        self._epochs: set[int] = set()  # the epoch files this run wrote here: the only ones pruning deletes
+        if clean:  # a manager being built is not saving: every temp there is stale
+            remove_stale_temps(self.directory)
 
     @property
     def last_path(self) -> Path:
@@ -139,17 +155,36 @@ class CheckpointManager:
         ``epoch_end=False`` marks a mid-epoch save: it updates ``last.pth`` (and ``best.pth``) only, so an
         ``epoch_*.pth`` always holds the state at the end of its epoch.  ``state`` itself is not modified.
         """
-        full = {**state, "epoch": epoch, "step": step, "iresvid_version": iresvid.__version__}
+        keep_epoch = epoch_end and (self._is_permanent(epoch) or self.keep_last > 0)
+        epochs = self._epochs | {epoch} if keep_epoch else self._epochs
+        # Listed before they are pruned: a crash between the two leaves a file this run still knows is its.
+        files = {"directory": str(self.directory.resolve()), "epochs": sorted(epochs)}
+        full = {
+            **state,
+            "epoch": epoch,
+            "step": step,
+            "iresvid_version": iresvid.__version__,
+            "checkpoint_files": files,
+        }
         verify = None if self._verified else self._verify_loadable
         atomic_save(full, self.last_path, verify=verify)
         self._verified = True
         # The other files are byte copies of last.pth: no second serialisation, no tensors copied off a GPU.
         if is_best:
             atomic_copy(self.last_path, self.best_path)
-        if epoch_end and (self._is_permanent(epoch) or self.keep_last > 0):
+        if keep_epoch:
             atomic_copy(self.last_path, self.epoch_path(epoch))
+            self._epochs = epochs
             self._prune_epochs()
         return self.last_path
+
+    def adopt(self, state: dict) -> None:
+        """Count as this run's own the epoch files that the run of ``state`` (the checkpoint being resumed)
+        wrote into this directory, so that pruning goes on with them.  A checkpoint of another directory,
+        or one from before this record existed, adopts nothing: its files are kept rather than guessed."""
+        files = state.get("checkpoint_files")
+        if isinstance(files, dict) and files.get("directory") == str(self.directory.resolve()):
+            self._epochs |= {int(e) for e in files.get("epochs", ())}
 
     def latest(self) -> Path | None:
         """The newest checkpoint that loads: ``last.pth``, else the newest loadable ``epoch_*.pth``.
@@ -208,6 +243,7 @@ class CheckpointManager:
         ]
 
     def _prune_epochs(self) -> None:
-        rolling = sorted((e, p) for e, p in self._epoch_files() if not self._is_permanent(e))
-        for _, path in rolling[: max(len(rolling) - self.keep_last, 0)]:
-            path.unlink(missing_ok=True)
+        rolling = sorted(e for e in self._epochs if not self._is_permanent(e))
+        for epoch in rolling[: max(len(rolling) - self.keep_last, 0)]:
+            self.epoch_path(epoch).unlink(missing_ok=True)
+            self._epochs.discard(epoch)

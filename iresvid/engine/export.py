@@ -4,11 +4,15 @@ An exported file is only trusted after it is reloaded (``torch.jit.load``, an on
 on fixed random inputs at two batch sizes (the batch axis is dynamic, T/H/W are fixed at export): the
 largest difference to the eager model is written to ``export.json`` and must stay within ``rtol`` times
 the output scale.  Tracing, not scripting: our models trace to the same graph for any batch size.
+
+Each file is exported into memory, checked from those bytes, and written by `atomic_write`: what is checked
+is what lands on disk, and a link planted at ``model.pt`` is replaced, never followed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import warnings
 from collections.abc import Sequence
@@ -19,6 +23,7 @@ from torch import nn
 
 from iresvid.engine.build import load_trained, norm_stats
 from iresvid.errors import UserError
+from iresvid.files import atomic_write, output_dir
 from iresvid.models import create_model
 
 FORMATS = ("torchscript", "onnx")
@@ -111,12 +116,12 @@ def export_model(
 
     Returns the report written to ``export.json``.  Raises `ExportCheckError` when a reloaded file differs
     from the eager model by more than ``rtol × max(1, max |eager output|)`` (the files stay, for inspection).
+    ``out_dir`` is checked first (`output_dir`: not a symlink, nor another user's, writable).
     """
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ValueError(f"formats must be some of {FORMATS}, got {list(formats)}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     model = model.cpu().eval()
     example = example.cpu().float()
     second = torch.randn(example.shape[0] + 1, *example.shape[1:], generator=torch.Generator().manual_seed(1))
@@ -127,9 +132,9 @@ def export_model(
 
     diffs: dict[str, dict[str, float]] = {}
     for fmt in formats:
-        path = out_dir / FILENAMES[fmt]
-        run = _EXPORTERS[fmt](model, example, path, opset)
+        data, run = _EXPORTERS[fmt](model, example, opset)
         diffs[fmt] = {f"batch_{n}": (run(x) - expected[n]).abs().max().item() for n, x in inputs.items()}
+        atomic_write(out_dir / FILENAMES[fmt], data)
     report = {
         **(metadata or {}),
         "files": {fmt: FILENAMES[fmt] for fmt in formats},
@@ -155,7 +160,7 @@ def export_model(
             f"reloaded exports differ from the eager model by more than {tolerance:.3g} "
             f"({rtol} × output scale {scale:.3g}): {bad}; the files in {out_dir} are kept for inspection"
         )
-    (out_dir / "export.json").write_text(json.dumps(report, indent=2))
+    atomic_write(out_dir / "export.json", json.dumps(report, indent=2))
     return report
 
 
@@ -171,15 +176,20 @@ def _quiet_exporters():
         yield
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int):
+# An exporter returns the file's bytes and a function running the model reloaded from exactly those bytes.
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, opset: int):
+    buffer = io.BytesIO()
     with _quiet_exporters():
         # check_trace re-runs the trace for an eager comparison that the reload check below does better.
-        torch.jit.trace(model, example, check_trace=False).save(str(path))
-        loaded = torch.jit.load(str(path), map_location="cpu").eval()
-    return loaded
+        torch.jit.save(torch.jit.trace(model, example, check_trace=False), buffer)
+        data = buffer.getvalue()
+        loaded = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+    return data, loaded
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int):
+def _export_onnx(model: nn.Module, example: torch.Tensor, opset: int):
     try:
         import onnx
         import onnxruntime
@@ -187,21 +197,23 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int
         raise ImportError(f"ONNX export needs onnx and onnxruntime (pip install 'iresvid[onnx]'): {e}") from e
 
     output = _output_name(model)
+    buffer = io.BytesIO()
     with _quiet_exporters():
         # The TorchScript-based exporter: it needs no onnxscript and handles every layer of our conv nets.
         torch.onnx.export(
             model,
             (example,),
-            str(path),
+            buffer,
             dynamo=False,
             opset_version=opset,
             input_names=["input"],
             output_names=[output],
             dynamic_axes={"input": {0: "N"}, output: {0: "N"}},
         )
-    onnx.checker.check_model(str(path))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run([output], {"input": x.numpy()})[0])
+    data = buffer.getvalue()
+    onnx.checker.check_model(data)
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return data, lambda x: torch.from_numpy(session.run([output], {"input": x.numpy()})[0])
 
 
 _EXPORTERS = {"torchscript": _export_torchscript, "onnx": _export_onnx}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +34,16 @@ from iresvid.data.transforms import EvalViews
 from iresvid.engine.build import build_eval_inputs, build_model, load_trained, norm_stats, progress_bar
 from iresvid.engine.device import AMP_DTYPES, autocast
 from iresvid.engine.evaluate import readable_views
+from iresvid.files import WriteError, atomic_write, output_dir
 
 log = logging.getLogger(__name__)
 
 LEVELS = ("pooled", "stages")
 OUTPUT_SUFFIXES = (".npy", ".pt")
 DEFAULT_MAX_BYTES = 8 * 2**30
+# How every sidecar `save_features` writes begins (``json.dumps(indent=2)`` of `FeatureResult.metadata`,
+# whose first key is ``level``): an existing ``.json`` that does not is someone else's, never replaced.
+_SIDECAR_START = b'{\n  "level": '
 
 
 @dataclass
@@ -201,23 +206,62 @@ def extract_features(
     )
 
 
+def check_outputs(path: str | Path) -> list[Path]:
+    """The files `save_features` will write for ``path``, checked before any extraction: the folder
+    writable and neither a symlink nor another user's (`output_dir`), ``path`` not a folder, and the
+    ``.json`` sidecar beside a ``.npy`` either absent or an earlier sidecar of features.  ``path`` itself,
+    named by the user, may be replaced; a file the user did not name (``--out config.npy`` beside a
+    ``config.json``) never is.  Refusals are one `WriteError` naming the file."""
+    path = Path(path)
+    output_dir(path.parent)
+    if path.is_dir():
+        raise WriteError(path, "it is a folder; name a file (.npy or .pt) to write the features to")
+    if path.suffix != ".npy":
+        return [path]
+    sidecar = path.with_suffix(".json")
+    if os.path.lexists(sidecar) and not _is_sidecar(sidecar):
+        raise WriteError(
+            sidecar,
+            f"it exists and is not a features sidecar; writing {path.name} would replace it: choose another "
+            f"name for the features",
+        )
+    return [path, sidecar]
+
+
+def _is_sidecar(path: Path) -> bool:
+    """Whether ``path`` is a regular file (not a link) beginning as the sidecars `save_features` writes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # a link (ELOOP), a folder, unreadable: not one of ours
+        return False
+    with os.fdopen(fd, "rb") as f:
+        return f.read(len(_SIDECAR_START)) == _SIDECAR_START
+
+
 def save_features(result: FeatureResult, path: str | Path, extra: dict | None = None) -> list[Path]:
     """Write ``result``: ``.npy`` (the features array) + a ``.json`` sidecar, or one ``.pt`` dict with the
-    features, ``labels`` as a tensor and the metadata.  Returns the files written."""
+    features, ``labels`` as a tensor and the metadata.  Returns the files written.
+
+    Each file is written by `atomic_write` (never through a link planted at its name); `check_outputs`
+    says what is refused."""
     path = Path(path)
     if path.suffix not in OUTPUT_SUFFIXES:
         raise ValueError(f"features are written as {' or '.join(OUTPUT_SUFFIXES)}, got {path}")
     meta = {**result.metadata(), **(extra or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files = check_outputs(path)
     if path.suffix == ".pt":
-        torch.save({"features": result.features, **meta, "labels": torch.tensor(result.labels)}, path)
-        return [path]
+        state = {"features": result.features, **meta, "labels": torch.tensor(result.labels)}
+        atomic_write(path, lambda f: torch.save(state, f))
+        return files
     if isinstance(result.features, dict):
         raise ValueError("spatial maps (keep_spatial) are written as .pt only: one array per stage")
-    np.save(path, result.features.numpy())
-    sidecar = path.with_suffix(".json")
-    sidecar.write_text(json.dumps({**meta, "shape": list(result.features.shape)}, indent=2))
-    return [path, sidecar]
+    features = result.features.numpy()
+    sidecar = files[1]
+    # Checked again as it is written: a file that has appeared there since `check_outputs` is not replaced.
+    replace = _is_sidecar(sidecar)
+    atomic_write(path, lambda f: np.save(f, features))
+    atomic_write(sidecar, json.dumps({**meta, "shape": list(features.shape)}, indent=2), replace=replace)
+    return files
 
 
 def run_extract(
@@ -251,6 +295,7 @@ def run_extract(
         source = {"model": cfg.model.name, "pretrained": cfg.model.pretrained}
     else:
         raise ConfigError("give a training checkpoint or a config naming the model")
+    check_outputs(out)  # before the extraction: a refusal now costs nothing
     d = cfg.data
     device_name = cfg.train.device
     if device_name == "auto":

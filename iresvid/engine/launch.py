@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 
 from iresvid.config import ConfigError, entry_node, from_composed, load_config, register_schema
 from iresvid.errors import UserError
+from iresvid.files import atomic_open, atomic_write, csv_cell
 
 log = logging.getLogger("iresvid.launch")
 
@@ -140,40 +141,52 @@ def _job(composed: DictConfig) -> dict | None:
     from hydra.types import RunMode
 
     from iresvid.cli import setup_logging
+    from iresvid.engine.dist import adopt_slurm_tasks
+    from iresvid.engine.parts import claim_run_folder
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    folder = None  # held until the job's record is written, released however the job ends
     try:
-        cfg = from_composed(composed)
-        if sweep:  # every job its own folder, whatever train.output_dir says
-            cfg.train.output_dir = hydra_cfg.runtime.output_dir
-        preemption = Preemption.install()
-        if preemption is not None:  # a submitit job: a requeued one must continue where it stopped
-            cfg.train.resume = cfg.train.resume or "auto"
-        setup_logging(cfg.train.output_dir)
-        metrics = run_training(cfg, preemption)
-    except Exception as e:  # noqa: BLE001 — a sweep goes on and reports it; one run raises it after Hydra
-        if not sweep:
-            _outcome["error"] = e
+        try:
+            cfg = from_composed(composed)
+            if sweep:  # every job its own folder, whatever train.output_dir says
+                cfg.train.output_dir = hydra_cfg.runtime.output_dir
+            preemption = Preemption.install()
+            if preemption is not None:  # a submitit job: a requeued one must continue where it stopped
+                cfg.train.resume = cfg.train.resume or "auto"
+            # Claimed (checked, locked, another run's files refused) before log.txt is opened in it, by
+            # the main process alone: SLURM's tasks learn their ranks first.
+            adopt_slurm_tasks()
+            folder = claim_run_folder(cfg.train, main=int(os.environ.get("RANK", "0")) == 0)
+            setup_logging(cfg.train.output_dir)
+            metrics = run_training(cfg, preemption, folder)
+        except Exception as e:  # noqa: BLE001 — a sweep goes on and reports it; one run raises it after Hydra
+            if not sweep:
+                _outcome["error"] = e
+                return None
+            log.error("job %d failed: %s", hydra_cfg.job.num, e, exc_info=not isinstance(e, UserError))
+            _write_result(Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task, f"failed: {e}", {})
             return None
-        log.error("job %d failed: %s", hydra_cfg.job.num, e, exc_info=not isinstance(e, UserError))
-        _write_result(Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task, f"failed: {e}", {})
-        return None
-    if sweep and int(os.environ.get("RANK", "0")) == 0:  # one record per job, however many tasks
-        _write_result(Path(cfg.train.output_dir), hydra_cfg.overrides.task, "ok", metrics)
-    else:
-        print(json.dumps(metrics, indent=2))
-    return metrics
+        if sweep and int(os.environ.get("RANK", "0")) == 0:  # one record per job, however many tasks
+            _write_result(Path(cfg.train.output_dir), hydra_cfg.overrides.task, "ok", metrics)
+        else:
+            print(json.dumps(metrics, indent=2))
+        return metrics
+    finally:
+        if folder is not None:
+            folder.release()
 
 
-def run_training(cfg, preemption: Preemption | None = None) -> dict:
-    """Train as ``cfg`` says, in this process or as one of SLURM's tasks; requeue when preempted."""
+def run_training(cfg, preemption: Preemption | None = None, folder=None) -> dict:
+    """Train as ``cfg`` says, in this process or as one of SLURM's tasks; requeue when preempted.
+    ``folder``: ``train.output_dir`` as `claim_run_folder` claimed it (the trainer claims it otherwise)."""
     from iresvid.engine.dist import adopt_slurm_tasks, cleanup
     from iresvid.engine.trainer import Trainer, TrainingInterrupted
 
     adopt_slurm_tasks()
     try:
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, run_folder=folder)
         if preemption is not None:
             preemption.trainer = trainer
         return trainer.fit()
@@ -233,9 +246,7 @@ class Preemption:
 def _write_result(folder: Path, overrides: Sequence[str], status: str, metrics: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     record = {"overrides": list(overrides), "status": status, "metrics": metrics}
-    temporary = folder / f".{RESULT_FILE}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, folder / RESULT_FILE)
+    atomic_write(folder / RESULT_FILE, json.dumps(record, indent=2) + "\n")
 
 
 class SweepSummary(Callback):
@@ -268,11 +279,11 @@ def summarize_sweep(folder: Path) -> list[dict]:
         row = {"job": number, **{k: given[number].get(k, "") for k in swept}, "status": record["status"]}
         row.update({m: record["metrics"].get(m, "") for m in SUMMARY_METRICS})
         rows.append(row)
-    if rows:
-        with (folder / "summary.csv").open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    if rows:  # overrides are the user's text: a cell starting with "=" must stay text in a spreadsheet
+        with atomic_open(folder / "summary.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[csv_cell(k) for k in rows[0]])
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({csv_cell(k): csv_cell(v) for k, v in row.items()} for row in rows)
     return rows
 
 

@@ -14,16 +14,20 @@ Conventions:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from iresvid.files import atomic_open, atomic_write, csv_cell, open_append, output_dir, plot_text
 
 log = logging.getLogger(__name__)
 
@@ -175,16 +179,46 @@ def _class_names(classes: Sequence[str] | None, num_classes: int) -> list[str]:
 
 
 def write_per_class_csv(path: str | os.PathLike, classes: Sequence[str] | None, meter: AccuracyMeter) -> Path:
-    """One row per class: index, class, support, correct, accuracy (%; empty for classes without samples)."""
+    """One row per class: index, class, support, correct, accuracy (%; empty for classes without samples).
+
+    A class name is a text cell (`csv_cell`): ``=HYPERLINK(…)`` is shown, never run, by a spreadsheet."""
     path = Path(path)
     names = _class_names(classes, meter.num_classes)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "class", "support", "correct", "accuracy"])
         for c in meter.per_class():
             accuracy = "" if math.isnan(c.accuracy) else round(c.accuracy, 4)
-            writer.writerow([c.index, names[c.index], c.support, c.correct, accuracy])
+            writer.writerow([c.index, csv_cell(names[c.index]), c.support, c.correct, accuracy])
     return path
+
+
+def write_reports(
+    folder: str | os.PathLike,
+    meter: AccuracyMeter,
+    classes: Sequence[str] | None,
+    history: Sequence[dict[str, Any]] | None = None,
+) -> list[Path]:
+    """``per_class.csv``, ``confusion_matrix.png`` and, given a ``history``, ``curves.png`` in ``folder``.
+
+    A plot matplotlib fails to draw (a font, a backend, text it cannot lay out) is logged and left out: the
+    end of a run keeps its other reports.  A file that cannot be written raises `WriteError`, as always.
+    Returns the files written.
+    """
+    folder = Path(folder)
+    written = [write_per_class_csv(folder / "per_class.csv", classes, meter)]
+    plots = {"confusion_matrix.png": lambda: confusion_matrix_png(meter, classes)}
+    if history is not None:
+        plots["curves.png"] = lambda: curves_png(history)
+    for name, draw in plots.items():
+        try:
+            png = draw()
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+            log.warning("%s was not drawn (%s); the other reports are written", folder / name, reason)
+            continue
+        written.append(atomic_write(folder / name, png))
+    return written
 
 
 def _figure(width: float, height: float):
@@ -196,6 +230,13 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=_PNG_DPI)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _png(fig, **savefig) -> bytes:
+    # Drawn in memory, then written by `atomic_write`: savefig(path) would open a planted link at path.
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **savefig)
+    return buffer.getvalue()
 
 
 def plot_confusion_matrix(
@@ -211,9 +252,15 @@ def plot_confusion_matrix(
     heatmap cannot be read.  Their rows keep the normalisation over all classes, so a row sums to less than
     1 when some of its samples went to classes not drawn.
     """
+    return atomic_write(path, confusion_matrix_png(meter, classes, max_classes=max_classes))
+
+
+def confusion_matrix_png(
+    meter: AccuracyMeter, classes: Sequence[str] | None = None, *, max_classes: int = 50
+) -> bytes:
+    """The PNG of `plot_confusion_matrix`, as bytes."""
     from matplotlib.colors import PowerNorm
 
-    path = Path(path)
     names = _class_names(classes, meter.num_classes)
     counts = meter.confusion.double()
     rates = counts / counts.sum(1, keepdim=True).clamp(min=1)
@@ -234,7 +281,7 @@ def plot_confusion_matrix(
     norm = PowerNorm(0.5, vmin=0.0, vmax=1.0)
     image = ax.imshow(sub, cmap="Blues", norm=norm, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    labels = [names[c][:32] for c in shown]
+    labels = [plot_text(names[c][:32]) for c in shown]  # a "$" in a name would start mathtext
     ax.set_xticks(range(n), labels, rotation=90, fontsize=fontsize)
     ax.set_yticks(range(n), labels, fontsize=fontsize)
     ax.set_xlabel("predicted class")
@@ -245,8 +292,7 @@ def plot_confusion_matrix(
             for j in range(n):
                 color = "white" if sub[i, j] > 0.3 else "black"
                 ax.text(j, i, f"{sub[i, j]:.2f}", ha="center", va="center", fontsize=fontsize, color=color)
-    fig.savefig(path, format="png", bbox_inches="tight")
-    return path
+    return _png(fig, bbox_inches="tight")
 
 
 _CURVE_PANELS = (
@@ -262,7 +308,11 @@ def plot_curves(path: str | os.PathLike, history: Sequence[dict[str, Any]]) -> P
     Series are found by key suffix (``train_loss``, ``val_video_top1``…); an epoch may lack any of them
     (e.g. validation every few epochs).  The x axis is ``epoch`` where given, else the position in history.
     """
-    path = Path(path)
+    return atomic_write(path, curves_png(history))
+
+
+def curves_png(history: Sequence[dict[str, Any]]) -> bytes:
+    """The PNG of `plot_curves`, as bytes."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for position, entry in enumerate(history, start=1):
         x = entry.get("epoch", position)
@@ -276,7 +326,7 @@ def plot_curves(path: str | os.PathLike, history: Sequence[dict[str, Any]]) -> P
         ax = fig.add_subplot(1, len(_CURVE_PANELS), i + 1)
         keys = sorted(k for k in series if k.endswith(suffixes))
         for key in keys:
-            ax.plot(*series[key], marker="o", markersize=3, label=key)
+            ax.plot(*series[key], marker="o", markersize=3, label=plot_text(key))
         if keys:
             ax.legend(fontsize=8)
         else:
@@ -285,8 +335,7 @@ def plot_curves(path: str | os.PathLike, history: Sequence[dict[str, Any]]) -> P
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return _png(fig)
 
 
 # ------------------------------------------------------------------------------------------- logging
@@ -304,6 +353,10 @@ def _plain(key: str, value: Any) -> Any:
     raise TypeError(f"metric {key!r} is a {type(value).__name__}, not a number or string")
 
 
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: csv_cell(value) for key, value in row.items()}  # a logged text is a text cell
+
+
 class MetricsLogger:
     """Append-only metric logs of a run: ``metrics.jsonl``, ``metrics.csv`` and TensorBoard events.
 
@@ -313,16 +366,23 @@ class MetricsLogger:
     first time each kind of record appears.  ``metrics.jsonl`` is never rewritten.  Both are flushed after
     every call, so a crash loses nothing logged.  A logger opened on an existing directory (a resumed run)
     appends.  It does no collective communication: construct and use it on rank 0 only.
+
+    Nothing is written through a link: the directory must not be a symlink or another user's
+    (`output_dir`), the logs are appended to only when they are regular files of this user's
+    (`open_append`: the run's own, from before a resume), the CSV is rewritten by `atomic_open`.
     """
 
     def __init__(self, directory: str | os.PathLike, *, tensorboard: bool = True):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = output_dir(directory)
         self.jsonl_path = self.directory / "metrics.jsonl"
         self.csv_path = self.directory / "metrics.csv"
-        self._columns = self._existing_columns()
-        self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
-        self._csv = self.csv_path.open("a", newline="", encoding="utf-8")
+        self._jsonl = open_append(self.jsonl_path)
+        try:
+            self._csv = open_append(self.csv_path, newline="")
+        except BaseException:
+            self._jsonl.close()
+            raise
+        self._columns = next(csv.reader(io.StringIO(self._read_csv())), [])
         self._tb = None
         if tensorboard:
             try:
@@ -330,13 +390,16 @@ class MetricsLogger:
             except ImportError as e:
                 log.warning("TensorBoard logging off: %s", e)
             else:
-                self._tb = SummaryWriter(log_dir=str(self.directory))
+                # A random suffix: the event file's name (time, host, pid) cannot be foreseen, so no link
+                # can wait for it (TensorBoard opens it by name).
+                suffix = f".{secrets.token_hex(4)}"
+                self._tb = SummaryWriter(log_dir=str(self.directory), filename_suffix=suffix)
 
-    def _existing_columns(self) -> list[str]:
-        if not self.csv_path.is_file():
-            return []
-        with self.csv_path.open(newline="", encoding="utf-8") as f:
-            return next(csv.reader(f), [])
+    def _read_csv(self) -> str:
+        """The CSV as written so far; never through a link (`open_append` has checked it is our file)."""
+        fd = os.open(self.csv_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, encoding="utf-8", newline="") as f:
+            return f.read()
 
     def log(self, step: int, metrics: dict[str, Any], prefix: str = "train/") -> None:
         """Record ``metrics`` at ``step``, keys prefixed (``train/loss``: TensorBoard groups by prefix)."""
@@ -351,7 +414,7 @@ class MetricsLogger:
             self._columns += new_columns
             self._rewrite_csv(row)
         else:
-            csv.DictWriter(self._csv, self._columns).writerow(row)
+            csv.DictWriter(self._csv, self._columns).writerow(_csv_row(row))
             self._csv.flush()
         if self._tb is not None:
             for key, value in row.items():
@@ -360,17 +423,15 @@ class MetricsLogger:
 
     def _rewrite_csv(self, row: dict[str, Any]) -> None:
         self._csv.close()
-        with self.csv_path.open(newline="", encoding="utf-8") as f:
-            old_rows = list(csv.DictReader(f))
-        # A temporary file and a rename: a crash mid-rewrite leaves the old table, never half of one.
-        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp-{os.getpid()}")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
+        old_rows = list(csv.DictReader(io.StringIO(self._read_csv())))
+        # `atomic_open`: a crash mid-rewrite leaves the old table, never half of one, and the temporary
+        # file has a random name no link can be planted at.
+        with atomic_open(self.csv_path, "w", newline="") as f:
             writer = csv.DictWriter(f, self._columns, restval="")
             writer.writeheader()
             writer.writerows(old_rows)
-            writer.writerow(row)
-        os.replace(tmp, self.csv_path)
-        self._csv = self.csv_path.open("a", newline="", encoding="utf-8")
+            writer.writerow(_csv_row(row))
+        self._csv = open_append(self.csv_path, newline="")
 
     def close(self) -> None:
         self._jsonl.close()

@@ -1,12 +1,14 @@
 """The parts a `Trainer` is assembled from, each made by one small builder that can be tested alone.
 
-The trainer calls them in one order, each from what the earlier ones gave: the training data (which fixes
-the class index), the model (and what needs its normalisation: the device-side augmentation and the
-validation inputs), the optimisation, the checkpoints, the logger.  Nothing is patched afterwards.
+The trainer calls them in one order, each from what the earlier ones gave: the run folder (claimed before
+any work), the training data (which fixes the class index), the model (and what needs its normalisation:
+the device-side augmentation and the validation inputs), the optimisation, the checkpoints, the logger.
+Nothing is patched afterwards.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -29,8 +31,86 @@ from iresvid.engine.device import AMP_DTYPES
 from iresvid.engine.dist import DistInfo
 from iresvid.engine.metrics import MetricsLogger
 from iresvid.engine.optim import build_optimizer, build_scheduler
+from iresvid.errors import UserError
+from iresvid.files import RunLock, WriteError, output_dir
 
 log = logging.getLogger("iresvid.train")
+
+# What a run writes at the top of its folder (trainer, checkpoints, logs, reports, a sweep job's record):
+# a folder holding any of them is another run's.  Hydra's `.hydra/` is rewritten by every launch, and
+# `multirun/` holds sweeps, each job in a folder of its own: neither is a run's file here.
+RUN_FILES = (
+    "last.pth", "best.pth", "epoch_*.pth", "config.yaml", "log.txt", "metrics.jsonl", "metrics.csv",
+    "events.out.tfevents.*", "per_class.csv", "confusion_matrix.png", "curves.png", "failed_videos.tsv",
+    "result.json",
+)  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------- run folder
+
+
+class RunFolderError(UserError):
+    """``train.output_dir`` holds another run's files and this run was not told what to do with them."""
+
+
+class RunFolder:
+    """``train.output_dir`` as one run holds it: checked, and on the main process locked (`RunLock`) until
+    `release` — a second run on the same folder fails at once, naming this one."""
+
+    def __init__(self, path: Path, lock: RunLock | None):
+        self.path, self.lock = path, lock
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def earlier_run_files(directory: Path) -> list[str]:
+    """The names in ``directory`` that a run wrote (`RUN_FILES`), checkpoints first; links among them
+    included."""
+    if not directory.is_dir():
+        return []
+    names = sorted(p.name for p in directory.iterdir())
+    return [name for pattern in RUN_FILES for name in names if fnmatch.fnmatchcase(name, pattern)]
+
+
+def claim_run_folder(cfg: TrainConfig, *, main: bool) -> RunFolder:
+    """``cfg.output_dir`` for this run, claimed before any work.
+
+    On the main process: refused (one line) when it is a symlink, another user's or not writable, locked
+    for the whole run, and — for a new run (no ``resume``) — refused when it holds another run's files,
+    unless ``overwrite`` asks to delete them first.  The other processes of a DDP job write nothing there
+    themselves; they get the folder unchecked (the main process refuses before anyone joins the job).
+    """
+    path = Path(cfg.output_dir)
+    if not main:
+        return RunFolder(path, None)
+    output_dir(path)
+    lock = RunLock(path).acquire()
+    try:
+        earlier = [] if cfg.resume else earlier_run_files(path)
+        if earlier and not cfg.overwrite:
+            shown = ", ".join(earlier[:6]) + (", …" if len(earlier) > 6 else "")
+            raise RunFolderError(
+                f"{path} holds another run's files ({shown}): continue that run with train.resume=auto "
+                f"(--resume auto), start over with train.overwrite=true (deletes them), or choose another "
+                f"train.output_dir"
+            )
+        if earlier:
+            log.warning(
+                "train.overwrite: deleting the earlier run's files in %s: %s", path, ", ".join(earlier)
+            )
+            for name in earlier:
+                try:
+                    (path / name).unlink(missing_ok=True)
+                except OSError as e:  # e.g. a folder of that name: not ours to delete
+                    raise WriteError(
+                        path / name, f"train.overwrite could not delete it ({e})", e.errno
+                    ) from e
+    except BaseException:
+        lock.release()
+        raise
+    return RunFolder(path, lock)
 
 
 # -------------------------------------------------------------------------------------------------- data
@@ -236,9 +316,10 @@ class Checkpointing(NamedTuple):
     resume_from: Path | None  # the checkpoint train.resume names (the latest for 'auto'), None: fresh
 
 
-def build_checkpointing(cfg: TrainConfig) -> Checkpointing:
-    """The run directory's checkpoints, and the one to resume from."""
-    manager = CheckpointManager(cfg.output_dir, keep_every_epochs=cfg.save_every)
+def build_checkpointing(cfg: TrainConfig, *, main: bool = True) -> Checkpointing:
+    """The run directory's checkpoints, and the one to resume from.  Only the ``main`` process, which holds
+    the run's lock, clears what interrupted writes left there (another host's writer looks dead here)."""
+    manager = CheckpointManager(cfg.output_dir, keep_every_epochs=cfg.save_every, clean=main)
     resume_from = manager.resolve(cfg.resume)
     if resume_from is None and cfg.resume == "auto":
         log.info("no checkpoint in %s yet: starting from scratch", cfg.output_dir)

@@ -15,6 +15,7 @@ state dict with ``model=`` (a registry name) and ``classes=`` (a class-index fil
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import nn
@@ -44,6 +46,7 @@ from iresvid.engine.build import (
 from iresvid.engine.device import AMP_DTYPES, resolve_device
 from iresvid.engine.evaluate import crop_probability_sums, readable_views, view_logits
 from iresvid.errors import UserError
+from iresvid.files import WriteError, csv_cell, open_new, output_dir
 from iresvid.models.weights import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -530,7 +533,8 @@ def write_predictions(
 ) -> PredictSummary:
     """Write ``results`` as they come: ``.jsonl`` (one `Prediction` or `Failure` per line, as
     `dataclasses.asdict`) or ``.csv`` (a row per video and per window: path, level, start, end, class_1,
-    prob_1, …, error); ``echo`` also prints them.  Returns the counts."""
+    prob_1, …, error; names and paths as text cells, `csv_cell`); ``echo`` also prints them.  Returns the
+    counts.  ``out`` is opened before the first result is computed (`open_output`)."""
     import csv
     import dataclasses
 
@@ -538,10 +542,7 @@ def write_predictions(
     if out is not None and out.suffix not in (".jsonl", ".csv"):
         raise PredictError(f"--out must be a .jsonl or .csv file, got {out}")
     summary = PredictSummary()
-    handle = None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        handle = out.open("w", newline="")
+    handle = open_output(out) if out is not None else None
     try:
         writer = None
         if out is not None and out.suffix == ".csv":
@@ -555,29 +556,49 @@ def write_predictions(
                 summary.predicted += 1
             if echo:
                 print(_format(result), flush=True)
-            if writer is not None:
-                for row in _csv_rows(result, topk):
-                    writer.writerow(row)
-            elif handle is not None:
-                handle.write(json.dumps(dataclasses.asdict(result)) + "\n")
-            if handle is not None:
-                handle.flush()
+            try:
+                if writer is not None:
+                    for row in _csv_rows(result, topk):
+                        writer.writerow(row)
+                elif handle is not None:
+                    handle.write(json.dumps(dataclasses.asdict(result)) + "\n")
+                if handle is not None:
+                    handle.flush()
+            except OSError as e:  # a full disk: one line naming the file, which keeps what was written
+                raise WriteError(out, f"{type(e).__name__}: {e}", e.errno) from e
     finally:
         if handle is not None:
             handle.close()
     return summary
 
 
+def open_output(path: str | Path) -> IO[str]:
+    """``path`` opened to write text into as results come, never through a link: its folder is checked
+    (`output_dir`), an existing entry of that name (the user's earlier output, or a planted link) is
+    removed, not followed, and the file is created new (`open_new`).  A write error is a `WriteError`."""
+    path = Path(path)
+    output_dir(path.parent)
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise WriteError(path, "it is a folder; name a .jsonl or .csv file")
+    try:
+        if os.path.lexists(path):
+            os.unlink(path)  # a link itself, never what it points to
+        return io.TextIOWrapper(open_new(path), encoding="utf-8", newline="")
+    except OSError as e:
+        raise WriteError(path, f"{type(e).__name__}: {e}", e.errno) from e
+
+
 def _csv_rows(result: Prediction | Failure, topk: int) -> list[list]:
     if isinstance(result, Failure):
-        return [[result.path, "video", "", "", *[""] * (2 * topk), result.error]]
+        return [[csv_cell(result.path), "video", "", "", *[""] * (2 * topk), csv_cell(result.error)]]
 
     def ranked(pairs):
-        cells = [value for name, p in pairs for value in (name, f"{p:.6f}")]
+        cells = [value for name, p in pairs for value in (csv_cell(name), f"{p:.6f}")]
         return cells + [""] * (2 * topk - len(cells))
 
-    rows = [[result.path, "video", 0.0, result.duration or "", *ranked(result.topk), ""]]
-    rows += [[result.path, "window", w.start, w.end, *ranked(w.topk), ""] for w in result.windows]
+    path = csv_cell(result.path)
+    rows = [[path, "video", 0.0, result.duration or "", *ranked(result.topk), ""]]
+    rows += [[path, "window", w.start, w.end, *ranked(w.topk), ""] for w in result.windows]
     return rows
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from iresvid.config import Config
@@ -11,7 +12,9 @@ from iresvid.engine.build import build_eval_inputs, load_trained, progress_bar
 from iresvid.engine.device import AMP_DTYPES
 from iresvid.engine.dist import cleanup, init_distributed
 from iresvid.engine.evaluate import EvalResult, evaluate
-from iresvid.engine.metrics import plot_confusion_matrix, write_per_class_csv
+from iresvid.engine.metrics import write_reports
+from iresvid.files import atomic_write, csv_cell
+from iresvid.files import output_dir as writable_folder
 
 log = logging.getLogger("iresvid.test")
 
@@ -27,10 +30,17 @@ def run_test(
     """Evaluate ``checkpoint`` over ``data.num_clips × data.num_crops`` views of every validation video.
 
     Writes ``test_metrics.json``, ``per_class.csv`` and ``confusion_matrix.png`` to ``output_dir``
-    (default: a ``test`` folder beside the checkpoint).  Works under torchrun (each process a shard).
+    (default: a ``test`` folder beside the checkpoint), which is checked first: a folder that is a symlink,
+    another user's or not writable is refused in one line before any evaluation.  Works under torchrun
+    (each process a shard).
     """
+    out = Path(output_dir) if output_dir else Path(checkpoint).parent / "test"
     try:
         model, cfg, classes = load_trained(checkpoint, cfg, overrides=list(overrides), use_ema=use_ema)
+        # Before the evaluation, by the process that writes the reports; RANK is read before joining the
+        # process group, so the others never wait in a collective for a process that has refused.
+        if int(os.environ.get("RANK", "0")) == 0:
+            writable_folder(out)
         dist = init_distributed(cfg.train.dist_backend, cfg.train.device)
         model.to(dist.device)
         d = cfg.data
@@ -57,9 +67,7 @@ def run_test(
                 dist.is_main and cfg.train.progress, desc=f"test {d.num_clips}×{d.num_crops} views"
             ),
         )
-        out = Path(output_dir) if output_dir else Path(checkpoint).parent / "test"
         if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
             metrics = {
                 **result.summary(),
                 "num_videos": result.num_videos,
@@ -67,11 +75,11 @@ def run_test(
                 "num_crops": d.num_crops,
                 "checkpoint": str(checkpoint),
             }
-            (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
-            write_per_class_csv(out / "per_class.csv", classes, result.video)
-            plot_confusion_matrix(out / "confusion_matrix.png", result.video, classes)
-            if result.failed:
-                (out / "failed_videos.tsv").write_text("".join(f"{p}\t{r}\n" for p, r in result.failed))
+            atomic_write(out / "test_metrics.json", json.dumps(metrics, indent=2))
+            write_reports(out, result.video, classes)
+            if result.failed:  # a name or reason holding a tab or newline must not forge a row
+                rows = "".join(f"{csv_cell(p)}\t{csv_cell(r)}\n" for p, r in result.failed)
+                atomic_write(out / "failed_videos.tsv", rows)
                 log.warning(
                     "%d videos could not be read and were left out (see %s)",
                     len(result.failed),

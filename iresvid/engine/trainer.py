@@ -8,12 +8,17 @@ uninterrupted run, and N processes over a global batch see exactly the samples o
 
 A preempted job calls `Trainer.request_stop` (from its signal handler): training saves a checkpoint after a
 step all processes agree on and raises `TrainingInterrupted`; ``train.resume=auto`` then continues exactly.
+
+No run is lost: the run folder is claimed first (`claim_run_folder`: locked for the whole run, a folder of
+another run refused), and a diverged run stops (`TrainingDiverged`) before saving a non-finite state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 import time
 from pathlib import Path
 
@@ -36,8 +41,9 @@ from iresvid.engine.dist import (
     init_distributed,
 )
 from iresvid.engine.evaluate import EvalResult, evaluate
-from iresvid.engine.metrics import plot_confusion_matrix, plot_curves, write_per_class_csv
+from iresvid.engine.metrics import write_reports
 from iresvid.engine.parts import (
+    RunFolder,
     build_augment,
     build_checkpointing,
     build_logger,
@@ -46,8 +52,11 @@ from iresvid.engine.parts import (
     build_optimization,
     build_train_data,
     build_validation,
+    claim_run_folder,
     micro_batch_size,
 )
+from iresvid.errors import UserError
+from iresvid.files import atomic_write, csv_cell, open_append
 from iresvid.models.weights import CheckpointError, check_fits
 
 log = logging.getLogger("iresvid.train")
@@ -60,22 +69,51 @@ _RESUME_KEYS = (
 _CLASSIFIER = "fc."  # the classifier's keys (every model of the registry)
 
 
+_FINE = 2**62  # a divergence tracker's "no non-finite value yet": above any step
+# What `_check_finite` watches, in the order of `Trainer._first_bad`.
+_WATCHED = ("the training loss was", "the gradient norm was", "the weights were")
+
+
 class TrainingInterrupted(Exception):
     """Training stopped early at `Trainer.request_stop`, after saving a checkpoint it resumes from."""
+
+
+class TrainingDiverged(UserError):
+    """The loss, the gradient norm or the weights became NaN or infinite; nothing from then on was saved."""
 
 
 class Trainer:
     """Train and evaluate a model as ``cfg`` says; `fit` returns the final evaluation metrics.
 
-    Assembled from the builders of `iresvid.engine.parts`, in their order: data, model, optimisation,
-    checkpoints, logging.
+    Assembled from the builders of `iresvid.engine.parts`, in their order: run folder, data, model,
+    optimisation, checkpoints, logging.
     """
 
-    def __init__(self, cfg: Config, *, dist_info: DistInfo | None = None):
+    def __init__(
+        self, cfg: Config, *, dist_info: DistInfo | None = None, run_folder: RunFolder | None = None
+    ):
+        """``run_folder``: ``train.output_dir`` already claimed by the caller (`claim_run_folder`: the
+        command line claims it before logging into it), who releases it; otherwise the trainer claims it
+        and releases it when `fit` ends, or when building fails."""
         self.cfg, t = cfg, cfg.train
         # Checked before joining the process group: the mistake is reported at once, not after a rendezvous
         # that a slow or missing peer can hold up.
         self.micro_batch = micro_batch_size(cfg, dist_info.world_size if dist_info else env_world_size())
+        # The folder too, by the main process: before the other processes join, and so before anything of
+        # theirs or its own is written there.
+        main = dist_info.is_main if dist_info else int(os.environ.get("RANK", "0")) == 0
+        self._own_folder = run_folder is None
+        self.run_folder = run_folder or claim_run_folder(t, main=main)
+        try:
+            self._build(cfg, dist_info)
+        except BaseException:
+            if getattr(self, "logger", None) is not None:
+                self.logger.close()
+            self._release_folder()
+            raise
+
+    def _build(self, cfg: Config, dist_info: DistInfo | None) -> None:
+        t = cfg.train
         self.dist = dist_info or init_distributed(t.dist_backend, t.device)
         self.device = self.dist.device
         torch.manual_seed(t.seed)
@@ -92,16 +130,20 @@ class Trainer:
             cfg, self.model, self.steps_per_epoch, self.device
         )
         self.mixup = build_mixup(t, len(self.classes))
-        self.checkpoints, resume_from = build_checkpointing(t)
+        self.checkpoints, resume_from = build_checkpointing(t, main=self.dist.is_main)
         self.logger = build_logger(self.output_dir, self.dist)
         if self.dist.is_main:  # the fully resolved config this run uses, beside its checkpoints
-            (self.output_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+            atomic_write(self.output_dir / "config.yaml", to_yaml(cfg))
 
         self.epoch = self.step = self.epoch_step = 0  # completed epochs / optimizer steps / steps in epoch
         self.best_top1, self.history = -1.0, []
         self.failures: list[tuple[int, str, str]] = []
         self._stop_requested = False  # set by `request_stop`, maybe on one process only
         self._stopping = False  # every process agreed to stop after the current step
+        # The first optimizer step (1-based) at which each of `_WATCHED` was not finite, kept on the device
+        # and read only where training may stop anyway (`_check_finite`): the steps gain no device sync.
+        self._first_bad = torch.full((len(_WATCHED),), _FINE, dtype=torch.int64, device=self.device)
+        self._last_saved: tuple[Path, str] | None = None  # the newest good checkpoint, and where it stood
         if resume_from is not None:
             self._resume(resume_from)
 
@@ -143,6 +185,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.step, self.epoch_step = state["epoch"], state["step"], state["epoch_step"]
         self.best_top1, self.history = state["best_top1"], state["history"]
+        self.checkpoints.adopt(state)  # the epoch files it wrote are this run's: pruned as its own
+        self._last_saved = (path, self._position())
         rng = state["rng"]
         if len(rng) == self.dist.world_size:
             restore_rng_state(rng[self.dist.rank])
@@ -195,11 +239,58 @@ class Trainer:
         return _fine_tune_hint(path)
 
     def _save(self, *, is_best: bool = False, epoch_end: bool = True) -> None:
+        self._check_finite()  # a diverged state is never saved, not as last.pth, not as best.pth
         state = self.state_dict()  # on every process: gathering the RNG states is collective
         if self.dist.is_main:
-            self.checkpoints.save(
+            path = self.checkpoints.save(
                 state, epoch=self.epoch, step=self.step, is_best=is_best, epoch_end=epoch_end
             )
+            self._last_saved = (path, self._position())
+
+    # ---------------------------------------------------------------------------------- divergence
+
+    def _watch(self, which: int, value: torch.Tensor) -> None:
+        """Note on the device whether ``value`` (of `_WATCHED`) is finite at the step being made."""
+        bad = self._first_bad[which]
+        self._first_bad[which] = torch.where(torch.isfinite(value), bad, bad.clamp(max=self.step + 1))
+
+    def _check_finite(self, *, weights: bool = True) -> None:
+        """Stop with `TrainingDiverged` if a watched value was NaN or infinite since training began.
+
+        Called on logging steps and before every save and validation — the points where the loop reads the
+        device anyway — never on the other steps.  ``weights``: also check every weight and buffer (one
+        reduction), which catches a step whose loss was finite but whose update was not.  All processes
+        call it at the same points and agree (a MIN over them), so all stop together.
+        """
+        first = self._first_bad.clone()
+        if weights:
+            tensors = [v for v in self._states() if v.is_floating_point()]
+            finite = torch.stack([torch.isfinite(v).all() for v in tensors]).all()
+            first[2] = torch.where(finite, first[2], first[2].clamp(max=max(self.step, 1)))
+        if self.dist.distributed:
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        steps = first.tolist()
+        if min(steps) >= _FINE:
+            return
+        which = min(range(len(steps)), key=steps.__getitem__)
+        step = steps[which]
+        fix = "lower optim.lr or set train.clip_grad_norm"
+        if self._last_saved is None:
+            way_out = f"no checkpoint was saved before it: {fix} and start over (train.overwrite=true)"
+        else:
+            path, position = self._last_saved
+            way_out = (
+                f"the last good checkpoint is {path} ({position}): {fix}, then resume from it "
+                f"(train.resume={path}) or start over (train.overwrite=true)"
+            )
+        raise TrainingDiverged(
+            f"training diverged: {_WATCHED[which]} not finite (NaN or inf) at optimizer step {step} "
+            f"(epoch {(step - 1) // self.steps_per_epoch + 1}), so nothing from then on was saved; {way_out}"
+        )
+
+    def _states(self) -> list[torch.Tensor]:
+        models = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        return [v for m in models for v in m.state_dict().values()]
 
     # ------------------------------------------------------------------------------------ training
 
@@ -230,11 +321,12 @@ class Trainer:
                 last = self.epoch == cfg.schedule.epochs
                 is_best = False
                 if last or (t.eval_every and self.epoch % t.eval_every == 0):
+                    self._check_finite()  # a diverged model scores too (argmax of NaN): not a best one
                     result = self.validate()
                     metrics.update(result.summary("val_"))
                     top1 = metrics["val_video_top1"]
-                    is_best = top1 > self.best_top1
-                    self.best_top1 = max(self.best_top1, top1)
+                    is_best = math.isfinite(top1) and top1 > self.best_top1
+                    self.best_top1 = top1 if is_best else self.best_top1
                 self.history.append(metrics)
                 self._save(is_best=is_best)
                 if self.logger is not None:
@@ -249,6 +341,11 @@ class Trainer:
         finally:
             if self.logger is not None:
                 self.logger.close()
+            self._release_folder()
+
+    def _release_folder(self) -> None:
+        if self._own_folder:
+            self.run_folder.release()
 
     def train_one_epoch(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
@@ -280,10 +377,12 @@ class Trainer:
                     loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}", clips_s=f"{rate:.1f}"
                 )
                 bar.update()
-            if self.logger is not None and self.step % t.log_every == 0:
-                self.logger.log(
-                    self.step, {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}, prefix="train/"
-                )
+            if self.step % t.log_every == 0:
+                self._check_finite(weights=False)  # the loss and gradient flags: one read, no reduction
+                if self.logger is not None:
+                    self.logger.log(
+                        self.step, {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}, prefix="train/"
+                    )
             if self._should_stop():
                 self._stopping = True
                 break  # the checkpoint is saved below (or at the epoch's end), after the epoch's reports
@@ -358,6 +457,7 @@ class Trainer:
             loss = F.cross_entropy(
                 logits.float(), targets, label_smoothing=0.0 if self.mixup else t.label_smoothing
             )
+        self._watch(0, loss.detach())
         self.scaler.scale(loss / t.accum_steps).backward()
         correct = (logits.argmax(-1) == labels).sum().item()
         return loss.item(), correct, len(labels)
@@ -366,7 +466,9 @@ class Trainer:
         t = self.cfg.train
         if t.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
+            if not self.scaler.is_enabled():  # fp16's loss scaling skips steps with inf gradients by design
+                self._watch(1, norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -429,9 +531,9 @@ class Trainer:
         self.failures = []
         if failures and self.dist.is_main:
             path = self.output_dir / "failed_videos.tsv"
-            with path.open("a", encoding="utf-8") as f:
+            with open_append(path) as f:  # a name or reason holding a tab or newline must not forge a row
                 for epoch, video, reason in failures:
-                    f.write(f"{epoch}\t{video}\t{reason}\n")
+                    f.write(f"{epoch}\t{csv_cell(video)}\t{csv_cell(reason)}\n")
             log.warning(
                 "epoch %d: %d unreadable videos skipped and replaced (listed in %s)",
                 self.epoch + 1,
@@ -443,9 +545,8 @@ class Trainer:
     def _final_reports(self, result: EvalResult) -> None:
         if not self.dist.is_main:
             return
-        write_per_class_csv(self.output_dir / "per_class.csv", self.classes, result.video)
-        plot_confusion_matrix(self.output_dir / "confusion_matrix.png", result.video, self.classes)
-        plot_curves(self.output_dir / "curves.png", self.history)
+        # A plot that fails to draw is logged and left out; the other reports are written.
+        write_reports(self.output_dir, result.video, self.classes, self.history)
 
     def _progress(self, iterable=None, **kwargs):
         if not (self.cfg.train.progress and self.dist.is_main):
