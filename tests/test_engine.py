@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from iresvid.config import ConfigError, ScheduleConfig, load_config
-from iresvid.data.synthetic import make_demo_data
 from iresvid.engine.metrics import MetricsLogger
 from iresvid.engine.optim import build_optimizer, lr_factor
 from iresvid.engine.testing import run_test
@@ -21,14 +20,6 @@ from iresvid.models.weights import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo_synthetic.yaml"
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo") / "ucf101"
-    # 4 videos per class: 3 train / 1 test per class for split 1
-    make_demo_data(root, layout="ucf101", videos_per_class=4, num_frames=16, size=(32, 32))
-    return root
 
 
 def tiny(demo_root: Path, output: Path, *extra: str) -> list[str]:

@@ -14,7 +14,6 @@ from test_engine import DEMO_CONFIG, tiny
 from test_faults_training import torchrun
 
 from iresvid.config import ConfigError, load_config
-from iresvid.data.synthetic import make_demo_data
 from iresvid.data.transforms import CropFlipSampler, GpuAugment, MixupCutmix
 from iresvid.engine.build import norm_stats
 from iresvid.engine.checkpoint import CheckpointManager
@@ -38,13 +37,6 @@ from iresvid.models.weights import read_checkpoint
 CPU = torch.device("cpu")
 ONE_PROCESS = DistInfo(world_size=1, rank=0, local_rank=0, device=CPU)
 TRAIN_VIDEOS, CLASSES = 24, 8  # the demo set: 3 training videos of each of 8 classes
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo") / "ucf101"
-    make_demo_data(root, layout="ucf101", videos_per_class=4, num_frames=16, size=(32, 32))
-    return root
 
 
 def demo_config(demo_root: Path, output: Path, *extra: str):

@@ -62,7 +62,7 @@ MISTAKES = {
     "negative size": ("data.crop_size=-28", "'data.crop_size' must be >= 1, got -28"),
     "zero batch": ("data.batch_size=0", "'data.batch_size' must be >= 1, got 0"),
     "negative size in a list": ("data.jitter_sizes=[-28,32]", "'data.jitter_sizes' must not contain"),
-    "negative workers": ("data.num_workers=-1", "'data.num_workers' must be >= 0, got -1"),
+    "negative workers": ("data.num_workers=-2", "'data.num_workers' must be >= -1, got -2"),
     "no key=value": ("data.num_frames", "override 'data.num_frames' is not key=value"),
     # Found by the Trainer (it needs the videos): 17 frames at stride 1 outspan the 16-frame videos.
     "clip longer than every video": (

@@ -16,7 +16,6 @@ from test_engine import DEMO_CONFIG, tiny, train
 
 from iresvid import cli
 from iresvid.config import ConfigError, load_config
-from iresvid.data.synthetic import make_demo_data
 from iresvid.engine import launch
 from iresvid.engine.checkpoint import CheckpointManager
 from iresvid.engine.parts import RunFolderError
@@ -24,13 +23,6 @@ from iresvid.engine.trainer import Trainer, TrainingDiverged
 from iresvid.errors import UserError
 from iresvid.files import LOCK_NAME, WriteError
 from iresvid.models.weights import read_checkpoint
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo") / "ucf101"
-    make_demo_data(root, layout="ucf101", videos_per_class=4, num_frames=16, size=(32, 32))
-    return root
 
 
 @pytest.fixture

@@ -172,7 +172,17 @@ class DataConfig:
     eval_batch_size: int | None = doc(
         None, "views per evaluation batch per process (None: batch_size)", min=1
     )
-    num_workers: int = doc(8, "data-loader processes per training process", min=0)
+    num_workers: int = doc(
+        8,
+        "data-loader processes per training process (-1: one per CPU core this process has, the node's "
+        "cores shared among its training processes, less one for the process itself)",
+        min=-1,
+    )
+    start_method: str | None = doc(
+        None,
+        "how loader workers start (None: Python's default; spawn and forkserver are safe with CUDA)",
+        choices=(None, "fork", "spawn", "forkserver"),
+    )
     prefetch_factor: int = doc(2, "batches each worker prepares ahead", min=1)
     max_decode_retries: int = doc(
         10, "a bad video is replaced by another sample at most this many times", min=0
@@ -232,6 +242,15 @@ class TrainConfig:
     log_every: int = doc(20, "log training metrics every k steps", min=1)
     max_steps_per_epoch: int | None = doc(None, "cut epochs short (smoke tests)", min=1)
     progress: bool = doc(True, "tqdm progress bars")
+    cudnn_benchmark: bool = doc(
+        True, "let cuDNN time its convolution algorithms for each input shape on CUDA (fixed-size clips)"
+    )
+    deterministic: str = doc(
+        "off",
+        "deterministic algorithms: off; warn (torch warns at each nondeterministic op); strict (the first "
+        "such op stops the run, naming it). On the CPU training is deterministic in any case",
+        choices=("off", "warn", "strict"),
+    )
     dist_backend: str = doc(
         "auto", "torch.distributed backend: auto (nccl on GPUs, else gloo)", choices=("auto", "nccl", "gloo")
     )

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from iresvid.config import Config, ConfigError, DataConfig, TrainConfig
@@ -29,6 +29,7 @@ from iresvid.engine.build import EvalInputs, build_eval_inputs, build_model, nor
 from iresvid.engine.checkpoint import CheckpointManager
 from iresvid.engine.device import AMP_DTYPES
 from iresvid.engine.dist import DistInfo
+from iresvid.engine.ema import ModelEma
 from iresvid.engine.metrics import MetricsLogger
 from iresvid.engine.optim import build_optimizer, build_scheduler
 from iresvid.errors import UserError
@@ -147,6 +148,15 @@ def build_crop_sampler(cfg: DataConfig) -> CropFlipSampler:
     )
 
 
+def loader_workers(setting: int) -> int:
+    """``data.num_workers``, with -1 as one worker per CPU core of this process's share of the node (its
+    cores over the node's training processes, torchrun's LOCAL_WORLD_SIZE), less one for the process."""
+    if setting >= 0:
+        return setting
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1)
+
+
 def build_train_data(cfg: Config, micro_batch: int, dist: DistInfo) -> TrainData:
     """The training set and this process's loader of it; refuses a clip longer than every video and a
     batch larger than the set."""
@@ -159,11 +169,12 @@ def build_train_data(cfg: Config, micro_batch: int, dist: DistInfo) -> TrainData
         shuffle=True,
         seed=t.seed,
         drop_last=True,
-        num_workers=d.num_workers,
+        num_workers=loader_workers(d.num_workers),
         num_replicas=dist.world_size,
         rank=dist.rank,
         pin_memory=dist.device.type == "cuda",
         prefetch_factor=d.prefetch_factor,
+        start_method=d.start_method,
     )
     steps_per_epoch = len(loader) // t.accum_steps
     if t.max_steps_per_epoch:
@@ -215,7 +226,7 @@ def check_clip_fits(dataset: ClipDataset, cfg: DataConfig, probes: int = 8) -> N
 class ModelParts(NamedTuple):
     model: nn.Module  # the weights: what is optimised, saved, resumed and evaluated
     train_model: nn.Module  # what a training step calls: ``model`` in DDP and torch.compile as asked
-    ema: AveragedModel | None  # the exponential moving average of ``model`` (train.ema_decay), or None
+    ema: ModelEma | None  # the exponential moving average of ``model`` (train.ema_decay), or None
 
 
 def build_model_parts(cfg: Config, num_classes: int, dist: DistInfo) -> ModelParts:
@@ -230,13 +241,16 @@ def build_model_parts(cfg: Config, num_classes: int, dist: DistInfo) -> ModelPar
         model = model.to(memory_format=torch.channels_last_3d if model.dims == 3 else torch.channels_last)
     if m.sync_bn and dist.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ema = None
-    if cfg.train.ema_decay:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+    ema = ModelEma(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     train_model = model
     if dist.distributed:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
-        train_model = DistributedDataParallel(model, device_ids=ids)
+        # No buffer broadcast before every forward (a collective per step): the trainer makes the BN
+        # statistics rank 0's where they are used, before evaluation and saving (`Trainer._sync_buffers`).
+        # Gradients as views into DDP's buckets: no copy of every gradient per step.
+        train_model = DistributedDataParallel(
+            model, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True
+        )
     if m.compile:
         train_model = torch.compile(train_model)
     return ModelParts(model, train_model, ema)

@@ -31,7 +31,7 @@ from iresvid.config import Config, to_dict, to_yaml
 from iresvid.data.loader import to_device
 from iresvid.engine.build import progress_bar
 from iresvid.engine.checkpoint import capture_rng_state, restore_rng_state
-from iresvid.engine.device import autocast
+from iresvid.engine.device import autocast, nondeterministic_op, set_algorithms
 from iresvid.engine.dist import (
     DistInfo,
     all_reduce_sum,
@@ -55,6 +55,7 @@ from iresvid.engine.parts import (
     claim_run_folder,
     micro_batch_size,
 )
+from iresvid.engine.precise_bn import update_bn_stats
 from iresvid.errors import UserError
 from iresvid.files import atomic_write, csv_cell, open_append
 from iresvid.models.weights import CheckpointError, check_fits
@@ -68,6 +69,8 @@ _RESUME_KEYS = (
 )  # fmt: skip
 _CLASSIFIER = "fc."  # the classifier's keys (every model of the registry)
 
+
+DATA_WAIT_WARNING = 0.25  # above this share of an epoch spent waiting for batches, the loader is named
 
 _FINE = 2**62  # a divergence tracker's "no non-finite value yet": above any step
 # What `_check_finite` watches, in the order of `Trainer._first_bad`.
@@ -116,6 +119,7 @@ class Trainer:
         t = cfg.train
         self.dist = dist_info or init_distributed(t.dist_backend, t.device)
         self.device = self.dist.device
+        set_algorithms(self.device, benchmark=t.cudnn_benchmark, deterministic=t.deterministic)
         torch.manual_seed(t.seed)
         np.random.seed(t.seed % 2**32)
         self.output_dir = Path(t.output_dir)
@@ -314,7 +318,12 @@ class Trainer:
         result = None
         try:
             while self.epoch < cfg.schedule.epochs:
-                train_metrics = self.train_one_epoch()
+                try:
+                    train_metrics = self.train_one_epoch()
+                except RuntimeError as e:
+                    if (refusal := nondeterministic_op(e)) is not None:  # train.deterministic=strict
+                        raise refusal from e
+                    raise
                 self.epoch += 1
                 self.epoch_step = 0
                 metrics = {"epoch": self.epoch, **train_metrics}
@@ -353,36 +362,39 @@ class Trainer:
         model.train()
         sampler = self.train_loader.sampler
         sampler.set_epoch(self.epoch, start=self.epoch_step * t.accum_steps * self.micro_batch)
-        # loss sum, correct, samples, failed videos, frame reads redone by the readers
+        # loss sum, correct, samples, failed videos, frame reads redone by the readers: summed on the device,
+        # read at the epoch's end, so that the steps never wait for the GPU (see `_forward_backward`)
         totals = torch.zeros(5, dtype=torch.float64, device=self.device)
-        start, clips = time.perf_counter(), 0
+        start, clips, waited = time.perf_counter(), 0, 0.0
         steps_left = self.steps_per_epoch - self.epoch_step
         bar = self._progress(total=steps_left, desc=f"epoch {self.epoch + 1}/{cfg.schedule.epochs}")
         batches = iter(self.train_loader)
         for _ in range(steps_left):
             for micro in range(t.accum_steps):
+                asked = time.perf_counter()
                 batch = next(batches)
+                waited += time.perf_counter() - asked
                 self._record_failures(batch["failures"])
                 totals[3] += len(batch["failures"])
                 totals[4] += batch["rereads"]
                 sync = micro == t.accum_steps - 1 or not self.dist.distributed
                 with contextlib.nullcontext() if sync else model.no_sync():
                     loss, correct, n = self._forward_backward(batch)
-                totals[:3] += torch.tensor([loss * n, correct, n], dtype=torch.float64, device=self.device)
+                totals[0] += loss.double() * n
+                totals[1] += correct
+                totals[2] += n
                 clips += n
             self._optimizer_step()
-            if bar is not None:
-                rate = clips * self.dist.world_size / (time.perf_counter() - start)
-                bar.set_postfix(
-                    loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}", clips_s=f"{rate:.1f}"
-                )
-                bar.update()
-            if self.step % t.log_every == 0:
+            if self.step % t.log_every == 0:  # the one step in log_every that reads values back
                 self._check_finite(weights=False)  # the loss and gradient flags: one read, no reduction
+                loss_value, lr = loss.item(), self.scheduler.get_last_lr()[0]
                 if self.logger is not None:
-                    self.logger.log(
-                        self.step, {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}, prefix="train/"
-                    )
+                    self.logger.log(self.step, {"loss": loss_value, "lr": lr}, prefix="train/")
+                if bar is not None:
+                    rate = clips * self.dist.world_size / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", clips_s=f"{rate:.1f}")
+            if bar is not None:
+                bar.update()
             if self._should_stop():
                 self._stopping = True
                 break  # the checkpoint is saved below (or at the epoch's end), after the epoch's reports
@@ -408,6 +420,7 @@ class Trainer:
             self._save(epoch_end=False)
             raise self._interrupted()
         elapsed = time.perf_counter() - start
+        self._report_data_wait(waited, elapsed)
         return {
             "train_loss": (totals[0] / totals[2].clamp(min=1)).item(),
             "train_top1": (100 * totals[1] / totals[2].clamp(min=1)).item(),
@@ -415,7 +428,25 @@ class Trainer:
             "clips_per_s": clips * self.dist.world_size / elapsed,
             "train_failed_videos": failed,
             "train_reread_reads": rereads,
+            "data_wait": waited / elapsed,
         }
+
+    def _report_data_wait(self, waited: float, elapsed: float) -> None:
+        """Log, once an epoch, the share of the epoch this process spent waiting for batches; when the
+        loader cannot keep up, say how to help it."""
+        if not self.dist.is_main or elapsed <= 0:
+            return
+        share = waited / elapsed
+        log.info("epoch %d: %.0f%% of the time waiting for data", self.epoch + 1, 100 * share)
+        if share > DATA_WAIT_WARNING:
+            log.warning(
+                "epoch %d: the model waited for data %.0f%% of the time, the loader is the bottleneck: give "
+                "it more workers (data.num_workers=%d now; -1 takes every core) or prepare the set once "
+                "(iresvid prepare), whose short GOPs at the training size decode several times faster",
+                self.epoch + 1,
+                100 * share,
+                self.train_loader.num_workers,
+            )
 
     def _should_stop(self) -> bool:
         """Whether to stop after this step: `request_stop` was called, here or on any other process.
@@ -443,7 +474,7 @@ class Trainer:
             f"step {self.epoch_step} of epoch {self.epoch + 1}" if self.epoch_step else f"epoch {self.epoch}"
         )
 
-    def _forward_backward(self, batch: dict) -> tuple[float, float, int]:
+    def _forward_backward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
         t = self.cfg.train
         batch = to_device(batch, self.device)
         x = self.augment.apply(batch["input"], batch["augment"])
@@ -459,8 +490,10 @@ class Trainer:
             )
         self._watch(0, loss.detach())
         self.scaler.scale(loss / t.accum_steps).backward()
-        correct = (logits.argmax(-1) == labels).sum().item()
-        return loss.item(), correct, len(labels)
+        # Both stay on the device: an .item() here would make the CPU wait for the GPU every step, and the
+        # next batch's kernels could not be queued while this one's run.
+        correct = (logits.argmax(-1) == labels).sum()
+        return loss.detach(), correct, len(labels)
 
     def _optimizer_step(self) -> None:
         t = self.cfg.train
@@ -485,6 +518,7 @@ class Trainer:
 
     def validate(self) -> EvalResult:
         model = self.eval_model()
+        self._sync_buffers()
         if self.cfg.train.precise_bn_batches:
             self._precise_bn(model)
         return evaluate(
@@ -498,27 +532,31 @@ class Trainer:
             progress=progress_bar(self.cfg.train.progress and self.dist.is_main, desc="eval", leave=False),
         )
 
-    @torch.no_grad()
     def _precise_bn(self, model: nn.Module) -> None:
-        """Recompute BN statistics as exact averages over a few training batches (SlowFast's precise BN):
-        the running averages lag behind the weights, which matters most for short schedules."""
-        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            return
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-        model.train()
+        """Recompute the statistics of the BN layers that train (`update_bn_stats`) over a few training
+        batches, augmented and in the autocast of the training step (SlowFast's precise BN): the running
+        averages lag behind the weights, which matters most for short schedules."""
         batches = iter(self.train_loader)
-        for _ in range(min(self.cfg.train.precise_bn_batches, len(self.train_loader))):
-            batch = to_device(next(batches), self.device)
-            model(self.augment.apply(batch["input"], batch["augment"]))
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-            if self.dist.distributed:  # every process saw different batches: average their statistics
-                for buf in (m.running_mean, m.running_var):
-                    all_reduce_sum(buf).div_(self.dist.world_size)
+        count = min(self.cfg.train.precise_bn_batches, len(self.train_loader))
+
+        def inputs():
+            for _ in range(count):
+                batch = to_device(next(batches), self.device)
+                yield self.augment.apply(batch["input"], batch["augment"])
+
+        update_bn_stats(model, inputs(), amp_dtype=self.amp_dtype, world_size=self.dist.world_size)
+
+    def _sync_buffers(self) -> None:
+        """Give every process rank 0's buffers (BN statistics), of the model and its EMA.
+
+        DDP runs without broadcasting buffers at every forward (a collective per step): each process's BN
+        statistics follow its own batches, and rank 0's — the ones saved — are exactly what a broadcast
+        would have left there.  Evaluation, where each process scores its shard, needs them the same."""
+        if not self.dist.distributed:
+            return
+        models = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        for buffer in (b for m in models for b in m.buffers()):
+            torch.distributed.broadcast(buffer, src=0)
 
     # --------------------------------------------------------------------------------- reporting
 
