@@ -17,19 +17,22 @@ from iresvid.config import ConfigError, load_config
 from iresvid.engine import parts
 from iresvid.engine.device import nondeterministic_op, set_algorithms
 from iresvid.engine.ema import ModelEma
+from iresvid.engine.evaluate import evaluate
 from iresvid.engine.syncs import count_host_reads
 from iresvid.engine.trainer import Trainer
 
 # 24 training videos in batches of 4: 6 steps an epoch.
+CPU = torch.device("cpu")
 SMALL_BATCHES = ("data.batch_size=4", "optim.base_batch_size=4", "schedule.epochs=1", "train.eval_every=0")
 
 
 def test_a_training_step_reads_nothing_back_except_on_logging_steps(demo_root, tmp_path, monkeypatch):
-    """Every ``.item()``, ``bool(tensor)`` or device→host copy makes the CPU wait for the GPU.  Counted at the
-    operator level over an epoch of 6 steps with EMA and gradient clipping (SGD: AdamW's step counter is a
-    CPU tensor it reads, harmless there): between two steps nothing is read except after a logging step."""
+    """Every ``.item()``, ``bool(tensor)`` or device→host copy of a value the GPU computes makes the CPU wait
+    for it.  Counted at the operator level (values derived from the model's weights: what a GPU holds) over
+    an epoch of 6 AdamW steps with EMA and gradient clipping: nothing is read within a step, nor between two
+    steps except after a logging step."""
     settings = tiny(demo_root, tmp_path, *SMALL_BATCHES, "train.log_every=3", "data.num_workers=1")
-    settings += ["optim.name=sgd", "train.ema_decay=0.9", "train.clip_grad_norm=10"]
+    settings += ["train.ema_decay=0.9", "train.clip_grad_norm=10"]
     trainer = Trainer(load_config(DEMO_CONFIG, settings))
     assert trainer.steps_per_epoch == 6
     boundaries = []  # the count of reads at the start and the end of each step's work
@@ -45,7 +48,7 @@ def test_a_training_step_reads_nothing_back_except_on_logging_steps(demo_root, t
 
     monkeypatch.setattr(Trainer, "_forward_backward", forward_backward)
     monkeypatch.setattr(Trainer, "_optimizer_step", optimizer_step)
-    with count_host_reads() as reads:
+    with count_host_reads(trainer.model) as reads:
         trainer.train_one_epoch()
     assert [(kind, step) for kind, step, _ in boundaries] == [
         (k, s) for s in range(1, 7) for k in ("start", "end")
@@ -195,3 +198,30 @@ def test_train_deterministic_sets_torch_and_strict_names_the_op(restored_determi
     assert nondeterministic_op(RuntimeError("CUDA out of memory")) is None
     with pytest.raises(ConfigError, match="train.deterministic=sometimes"):
         set_algorithms(cpu, deterministic="sometimes")
+
+
+class _FirstBatches:
+    """An evaluation loader cut to its first ``n`` batches."""
+
+    def __init__(self, loader, n: int):
+        self._loader, self.n, self.dataset = loader, n, loader.dataset
+
+    def __iter__(self):
+        for i, batch in enumerate(self._loader):
+            if i == self.n:
+                return
+            yield batch
+
+
+def test_evaluation_reads_nothing_back_per_batch(demo_root, tmp_path):
+    """Evaluation keeps its sums on the device: two batches more read no value more (the reads at its end,
+    of the sums, are the same however many batches there were)."""
+    settings = tiny(demo_root, tmp_path, "data.batch_size=2", "optim.base_batch_size=2", "data.num_workers=1")
+    trainer = Trainer(load_config(DEMO_CONFIG, settings))
+    reads = {}
+    for n in (2, 4):
+        loader = _FirstBatches(trainer.val.loader, n)
+        with count_host_reads(trainer.model) as counted:
+            evaluate(trainer.model, loader, trainer.val.views, num_classes=len(trainer.classes), device=CPU)
+        reads[n] = counted.total
+    assert reads[4] == reads[2] > 0

@@ -43,9 +43,12 @@ def _clean(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, t
             f"targets must be N={scores.shape[0]} class indices, got {targets.dtype} {tuple(targets.shape)} "
             f"(soft / mixed targets: pass their argmax)"
         )
-    if len(targets) and not 0 <= int(targets.min()) <= int(targets.max()) < scores.shape[1]:
+    # Checked where it costs no wait: targets on the host (a device tensor's min and max would make the CPU
+    # wait for the GPU; an evaluation passes its labels from the host batch for this reason).
+    on_host = targets.device.type == "cpu"
+    if len(targets) and on_host and not 0 <= int(targets.min()) <= int(targets.max()) < scores.shape[1]:
         raise ValueError(f"targets must lie in [0, {scores.shape[1]}), got {targets.min()}..{targets.max()}")
-    return torch.nan_to_num(scores, nan=-math.inf), targets.to(scores.device, torch.int64)
+    return torch.nan_to_num(scores, nan=-math.inf), targets.to(scores.device, torch.int64, non_blocking=True)
 
 
 def _target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -95,11 +98,16 @@ class AccuracyMeter:
             raise ValueError(f"scores have {scores.shape[-1]} classes, the meter {self.num_classes}")
         scores, targets = _clean(scores.detach(), targets.detach())
         ranks = _target_ranks(scores, targets)
-        # Ranks are computed where the scores are; only 3 × N integers come back to the CPU.
-        ranks, targets, predictions = ranks.cpu(), targets.cpu(), scores.argmax(1).cpu()
+        # The counts live where the scores are: nothing comes back to the host until they are read.  An
+        # index_add_ of ones, not bincount, whose CUDA kernel reads the largest index back to size its output.
+        if self.confusion.device != scores.device:
+            self.confusion, self.topk_hits = (
+                self.confusion.to(scores.device),
+                self.topk_hits.to(scores.device),
+            )
         self.topk_hits += torch.stack([(ranks < k).sum() for k in self.ks])
-        pairs = targets * self.num_classes + predictions
-        self.confusion += torch.bincount(pairs, minlength=self.num_classes**2).view_as(self.confusion)
+        pairs = targets * self.num_classes + scores.argmax(1)
+        self.confusion.view(-1).index_add_(0, pairs, torch.ones_like(pairs))
 
     # ------------------------------------------------------------------------- combining processes
 
@@ -109,7 +117,7 @@ class AccuracyMeter:
 
     def merge(self, state: torch.Tensor) -> None:
         """Add another meter's `state_tensor` (same ``num_classes`` and ``ks``) to this one."""
-        self._set_state(self.state_tensor() + self._checked(state).cpu())
+        self._set_state(self.state_tensor().cpu() + self._checked(state).cpu())
 
     def reduce(self, all_reduce: Callable[[torch.Tensor], Any], device: torch.device | str = "cpu") -> None:
         """Replace the counts by their sum over processes.

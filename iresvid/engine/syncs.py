@@ -10,10 +10,14 @@ operator), so a test proves a step free of them without a GPU; on a GPU,
 from __future__ import annotations
 
 import collections
+import itertools
+import weakref
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 # What a read back looks like at the operator level: ``.item()``, ``bool(t)``, ``int(t)``, ``float(t)``,
 # a Python ``if`` on a tensor: all call ``_local_scalar_dense``.  A copy from a CUDA tensor to the CPU
@@ -24,23 +28,52 @@ _SCALAR_READ = torch.ops.aten._local_scalar_dense.default
 
 class count_host_reads(TorchDispatchMode):  # noqa: N801 - used as a context manager, like torch's own
     """``with count_host_reads() as reads: ...``; then ``reads.total`` and ``reads.counts`` (by kind:
-    ``"scalar"``, ``"to_host"``)."""
+    ``"scalar"``, ``"to_host"``).
 
-    def __init__(self):
+    Given ``modules``, only the reads of values computed from their parameters and buffers are counted —
+    what lives on the GPU in a real run (activations, the loss, gradients, their sums) — so that on the CPU
+    a test tells them from reads of host data (a batch's labels, a CPU step counter), which cost no wait.
+    The values derived are followed through every operator, in-place ones included.
+    """
+
+    def __init__(self, *modules: nn.Module):
         super().__init__()
         self.counts: collections.Counter[str] = collections.Counter()
+        self._derived: dict[int, weakref.ref] | None = None
+        if modules:
+            self._derived = {}
+            for module in modules:
+                for tensor in itertools.chain(module.parameters(), module.buffers()):
+                    self._mark(tensor)
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def _mark(self, tensor: torch.Tensor) -> None:
+        self._derived[id(tensor)] = weakref.ref(tensor)
+
+    def _is_derived(self, tensor: torch.Tensor) -> bool:
+        # By identity: a tensor's == is elementwise, so no set or weak set can hold tensors.
+        ref = self._derived.get(id(tensor))
+        return ref is not None and ref() is tensor
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None) -> Any:
         kwargs = kwargs or {}
-        if func is _SCALAR_READ:
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        counted = self._derived is None or any(self._is_derived(t) for t in tensors)
+        if counted and func is _SCALAR_READ:
             self.counts["scalar"] += 1
-        elif _copies_to_host(func, args, kwargs):
+        elif counted and _copies_to_host(func, args, kwargs):
             self.counts["to_host"] += 1
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if self._derived is not None and counted and func is not _SCALAR_READ:
+            results = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            if func._schema.is_mutable:  # written in place (``totals[0] += loss``): the target, and its base
+                results += [t for t in tensors[:1]] + [t._base for t in tensors[:1] if t._base is not None]
+            for tensor in results:
+                self._mark(tensor)
+        return out
 
 
 def _copies_to_host(func, args, kwargs) -> bool:
