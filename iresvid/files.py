@@ -129,11 +129,16 @@ def folder_in(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
             info = folder.lstat()
         except OSError as e:
             raise WriteError(folder, _reason(e)[0], e.errno) from e
-        if stat.S_ISLNK(info.st_mode):
-            raise WriteError(folder, f"it is a symbolic link (to {os.readlink(folder)}), not followed")
-        if not stat.S_ISDIR(info.st_mode):
-            raise WriteError(folder, "it is not a folder")
+        _refuse_unless_folder(folder, info, "not followed")
     return folder
+
+
+def _refuse_unless_folder(path: Path, info: os.stat_result, link_advice: str) -> None:
+    """A `WriteError` naming ``path`` unless its ``lstat`` ``info`` is a real folder (not a symlink)."""
+    if stat.S_ISLNK(info.st_mode):
+        raise WriteError(path, f"it is a symbolic link (to {os.readlink(path)}); {link_advice}")
+    if not stat.S_ISDIR(info.st_mode):
+        raise WriteError(path, "it is not a folder")
 
 
 def atomic_write(
@@ -299,10 +304,7 @@ def output_dir(path: str | os.PathLike, *, create: bool = True) -> Path:
         info = path.lstat()
     except OSError as e:
         raise WriteError(path, _reason(e)[0], e.errno) from e
-    if stat.S_ISLNK(info.st_mode):
-        raise WriteError(path, f"it is a symbolic link (to {os.readlink(path)}); name the real folder")
-    if not stat.S_ISDIR(info.st_mode):
-        raise WriteError(path, "it is not a folder")
+    _refuse_unless_folder(path, info, "name the real folder")
     if _foreign(info):
         raise WriteError(path, f"the folder belongs to another user (uid {info.st_uid})")
     probe = _temp_path(path / "probe")

@@ -161,18 +161,7 @@ def test_a_symlinked_output_folder_is_refused_before_any_work(demo_root, tmp_pat
     assert list(real.iterdir()) == []
 
 
-@pytest.fixture
-def root_logging():
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    yield
-    for handler in root.handlers:
-        if handler not in saved[0]:
-            handler.close()
-    root.handlers[:], root.level = saved
-
-
-def test_log_txt_is_never_written_through_a_symlink(tmp_path, root_logging):
+def test_log_txt_is_never_written_through_a_symlink(tmp_path):  # root logging: restored by conftest
     victim = tmp_path / "bashrc"
     victim.write_text("export PATH=/usr/bin\n")
     out = tmp_path / "run"
