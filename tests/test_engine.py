@@ -20,6 +20,8 @@ from iresvid.models.weights import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo_synthetic.yaml"
+# The demo data's layout: a checkpoint's config gives its model and clip, never where the data is.
+DEMO_LAYOUT = ["data.format=ucf101", "data.val_dir=videos", "data.annotation_dir=annotations"]
 
 
 def tiny(demo_root: Path, output: Path, *extra: str) -> list[str]:
@@ -96,7 +98,7 @@ def test_train_checkpoint_resume_and_evaluate(demo_root, tmp_path):
     assert metrics["epoch"] == 3 and len(resumed.history) == 3
 
     result, cfg, reports = run_test(
-        out / "last.pth", overrides=[f"data.root={demo_root}", "train.progress=false"]
+        out / "last.pth", overrides=[f"data.root={demo_root}", *DEMO_LAYOUT, "train.progress=false"]
     )
     assert result.num_videos == 8
     assert result.clip.num_samples == 8 * cfg.data.num_clips * cfg.data.num_crops

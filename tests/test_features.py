@@ -24,6 +24,19 @@ READ = [v for v in VIDEOS if "broken" not in v]
 NUM_CLIPS, NUM_CROPS = 2, 3
 
 
+def data_of(checkpoint: Path) -> list[str]:
+    """The dataset settings: a checkpoint's config gives only its model and clip, never its data paths."""
+    root = checkpoint.parent
+    return [
+        f"data.root={root}",
+        "data.format=folder",
+        "data.batch_size=6",
+        "data.num_workers=0",
+        "train.device=cpu",
+        "train.progress=false",
+    ]
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A folder-per-class dataset of 32×56 videos (three distinct crops) and a trainer checkpoint."""
@@ -62,7 +75,7 @@ def setup(tmp_path_factory):
 
 def _by_hand(checkpoint: Path, video: int, clips: Sequence[int] = range(NUM_CLIPS)) -> torch.Tensor:
     """The pooled feature of dataset video ``video``: its ``clips`` × crops through the model, averaged."""
-    model, cfg, classes = load_trained(checkpoint)
+    model, cfg, classes = load_trained(checkpoint, overrides=data_of(checkpoint))
     dataset = build_dataset(cfg.data, "val", mode="eval", classes=classes, num_clips=NUM_CLIPS)
     views = EvalViews(32, NUM_CROPS, mean=model.pretrained_cfg["mean"], std=model.pretrained_cfg["std"])
     x = views(dataset[video]["input"][list(clips)])  # an item holds all of the video's clips
@@ -75,7 +88,10 @@ def test_pooled_npy_with_sidecar_matches_the_model_by_hand(setup, tmp_path):
     root, checkpoint = setup
     out = tmp_path / "feats.npy"
     extract = tool_main("extract_features")
-    assert extract(["--checkpoint", str(checkpoint), "--split", "val", "--out", str(out)]) == 0
+    assert (
+        extract(["--checkpoint", str(checkpoint), "--split", "val", "--out", str(out), *data_of(checkpoint)])
+        == 0
+    )
 
     features = np.load(out)
     meta = json.loads(out.with_suffix(".json").read_text())
@@ -100,10 +116,21 @@ def test_pooled_npy_with_sidecar_matches_the_model_by_hand(setup, tmp_path):
 
 def test_stage_features_agree_with_pooled_and_with_the_spatial_maps(setup, tmp_path):
     _, checkpoint = setup
-    pooled, _ = run_extract(tmp_path / "pooled.pt", checkpoint=checkpoint)
-    stages, _ = run_extract(tmp_path / "stages.pt", checkpoint=checkpoint, level="stages", out_indices=[2, 4])
+    pooled, _ = run_extract(tmp_path / "pooled.pt", checkpoint=checkpoint, overrides=data_of(checkpoint))
+    stages, _ = run_extract(
+        tmp_path / "stages.pt",
+        checkpoint=checkpoint,
+        overrides=data_of(checkpoint),
+        level="stages",
+        out_indices=[2, 4],
+    )
     _, files = run_extract(
-        tmp_path / "maps.pt", checkpoint=checkpoint, level="stages", out_indices=[2, 4], keep_spatial=True
+        tmp_path / "maps.pt",
+        checkpoint=checkpoint,
+        overrides=data_of(checkpoint),
+        level="stages",
+        out_indices=[2, 4],
+        keep_spatial=True,
     )
 
     saved = torch.load(tmp_path / "stages.pt", weights_only=True)
@@ -129,7 +156,12 @@ def test_spatial_maps_refused_when_too_large_or_not_pt(setup, tmp_path):
     _, checkpoint = setup
     with pytest.raises(ConfigError, match="needs .* GiB"):
         run_extract(
-            tmp_path / "maps.pt", checkpoint=checkpoint, level="stages", keep_spatial=True, max_bytes=1000
+            tmp_path / "maps.pt",
+            checkpoint=checkpoint,
+            overrides=data_of(checkpoint),
+            level="stages",
+            keep_spatial=True,
+            max_bytes=1000,
         )
     assert not (tmp_path / "maps.pt").exists()
     args = f"--checkpoint {checkpoint} --level stages --keep-spatial --out {tmp_path / 'm.npy'}".split()
@@ -146,7 +178,7 @@ def test_a_video_read_in_part_is_averaged_over_its_readable_views_and_listed(set
         return read(self, record, clip_indices)
 
     monkeypatch.setattr(ClipDataset, "_read_clips", flaky)
-    result, _ = run_extract(tmp_path / "f.pt", checkpoint=checkpoint)
+    result, _ = run_extract(tmp_path / "f.pt", checkpoint=checkpoint, overrides=data_of(checkpoint))
     assert result.num_views == [6, 3, 6, 6]
     assert result.incomplete == [{"path": result.paths[1], "views": 3, "reason": "OSError: truncated"}]
     monkeypatch.undo()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from cli_tools import tool_main
-from test_engine import DEMO_CONFIG, tiny
+from test_engine import DEMO_CONFIG, DEMO_LAYOUT, tiny
 
 import iresvid
 from iresvid.cli import main as cli_main
@@ -38,7 +38,8 @@ def trained(tmp_path_factory):
     overrides = tiny(root, out, "schedule.epochs=1", "train.eval_every=0", "data.num_crops=3")
     Trainer(load_config(DEMO_CONFIG, overrides)).fit()
     checkpoint = out / "last.pth"
-    result, cfg, _ = run_test(checkpoint, overrides=[f"data.root={root}", "train.progress=false"])
+    data = [f"data.root={root}", *DEMO_LAYOUT, "train.progress=false"]
+    result, cfg, _ = run_test(checkpoint, overrides=data)
     videos = [r.path for r in load_annotations(cfg.data, "val", classes=None).records]
     return checkpoint, videos, result.probabilities, root
 
@@ -74,7 +75,7 @@ def test_windows_cover_the_video_and_decode_window_by_window(trained, tmp_path):
     long_video = tmp_path / "long.mp4"
     frames = np.random.default_rng(0).integers(0, 256, (110, 32, 40, 3), dtype=np.uint8)
     write_video(long_video, frames, fps=FPS)
-    predictor = iresvid.Predictor(checkpoint, device="cpu", views="1x1")
+    predictor = iresvid.Predictor(checkpoint, device="cpu", views="1x1", num_workers=0)
     windows = predictor.predict_windows(long_video, window=1.0, stride=0.5, topk=2)
     duration = 110 / FPS
     assert windows[0].start == 0 and windows[-1].end == pytest.approx(duration)

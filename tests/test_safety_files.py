@@ -73,6 +73,11 @@ def hostile(tmp_path_factory):
     return root
 
 
+def _data(hostile: Path) -> list[str]:
+    """The dataset settings: a checkpoint's config gives its model and clip, never where the data is."""
+    return [f"data.root={hostile}", "data.format=folder", "data.batch_size=4", "data.num_workers=0"]
+
+
 def _run_folder(hostile: Path, tmp_path: Path) -> Path:
     """A run folder of its own holding a copy of the checkpoint."""
     run = tmp_path / "run"
@@ -118,7 +123,9 @@ def tested(hostile, tmp_path_factory):
     victims.mkdir()
     names = ("test_metrics.json", "per_class.csv", "confusion_matrix.png", "failed_videos.tsv")
     planted = {name: _plant(out / name, _victim(victims / name)) for name in names}
-    code = cli_main(["test", "--checkpoint", str(hostile / "best.pth"), "--output", str(out)])
+    code = cli_main(
+        ["test", "--checkpoint", str(hostile / "best.pth"), "--output", str(out), *_data(hostile)]
+    )
     return code, out, planted
 
 
@@ -160,7 +167,7 @@ def test_a_symlinked_test_folder_is_refused_before_evaluation(hostile, tmp_path,
     bashrc = _victim(home / ".bashrc")
     (run / "test").symlink_to(home)  # `test -> ~`
     _no_work(monkeypatch, testing, "evaluate")
-    assert cli_main(["test", "--checkpoint", str(run / "best.pth")]) == 2
+    assert cli_main(["test", "--checkpoint", str(run / "best.pth"), *_data(hostile)]) == 2
     _one_line_error(capsys, str(run / "test"), "symbolic link")
     assert sorted(p.name for p in home.iterdir()) == [".bashrc"] and bashrc.read_text() == VICTIM
 
@@ -186,7 +193,10 @@ def test_an_unwritable_report_folder_is_refused_before_evaluation(
 
     out = _unwritable(tmp_path, kind)
     _no_work(monkeypatch, testing, "evaluate")
-    assert cli_main(["test", "--checkpoint", str(hostile / "best.pth"), "--output", str(out)]) == 2
+    assert (
+        cli_main(["test", "--checkpoint", str(hostile / "best.pth"), "--output", str(out), *_data(hostile)])
+        == 2
+    )
     _one_line_error(capsys, str(out.parent if kind == "below a file" else out))
 
 
@@ -196,7 +206,10 @@ def test_a_plot_that_fails_to_draw_keeps_the_other_reports(hostile, tmp_path, mo
 
     monkeypatch.setattr(metrics_module, "confusion_matrix_png", broken)
     out = tmp_path / "reports"
-    assert cli_main(["test", "--checkpoint", str(hostile / "best.pth"), "--output", str(out)]) == 0
+    assert (
+        cli_main(["test", "--checkpoint", str(hostile / "best.pth"), "--output", str(out), *_data(hostile)])
+        == 0
+    )
     printed = capsys.readouterr()
     assert "video" in printed.out  # the table
     assert "confusion_matrix.png was not drawn (RuntimeError: the font cache is broken)" in printed.err
@@ -315,7 +328,9 @@ def test_export_refuses_an_unwritable_out_in_one_line_before_loading(tmp_path, m
 
 
 def _extract(hostile: Path, out: Path) -> int:
-    return tool_main("extract_features")(["--checkpoint", str(hostile / "best.pth"), "--out", str(out)])
+    return tool_main("extract_features")(
+        ["--checkpoint", str(hostile / "best.pth"), "--out", str(out), *_data(hostile)]
+    )
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".pt"])

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             train(cfg)
             minutes = (time.perf_counter() - start) / 60
-            result, cfg, _ = run_test(out / "last.pth", overrides=overrides)
+            result, cfg, _ = run_test(out / "last.pth", cfg)  # a checkpoint has no data paths
             state = read_checkpoint(out / "last.pth")
             pair, direction = pair_scores(result.video, direction_pairs(state["classes"]))
             clip, video = result.clip.compute(), result.video.compute()

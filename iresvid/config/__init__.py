@@ -49,6 +49,7 @@ __all__ = [
     "describe_schema",
     "from_composed",
     "load_config",
+    "check_size",
     "register_schema",
     "to_dict",
     "to_yaml",
@@ -61,6 +62,11 @@ CLI_SOURCE = "command-line overrides"
 # The shipped configs, on Hydra's search path: a config of one's own anywhere may start from them by name
 # (``defaults: [iresnet3d50_kinetics, _self_]``).  Absent when iresvid is installed without the repository.
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# Bounds on a config before it is expanded (OmegaConf copies every alias: nine lists of nine aliases, seven
+# levels deep, are 9**7 nodes from a few lines).  The real configs are a few hundred nodes, a few levels.
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_NODES = 100_000
 
 
 def register_schema() -> None:
@@ -95,6 +101,7 @@ def compose(
         origin = {"": CLI_SOURCE} if source is None else {"": "the given config", _GIVEN: "the given config"}
         if source is not None:
             node = OmegaConf.to_container(source) if isinstance(source, DictConfig) else dict(source)
+            check_size(node, "the given config")
             if "defaults" in node:  # a dict is plain data: what it is made of was composed already
                 raise ConfigError("the given config has a 'defaults' list: give a YAML file to compose it")
             store.store(name=_GIVEN, node=node)
@@ -153,12 +160,36 @@ def from_composed(
             ) from e
         raise ConfigError(f"{source}: bad value for '{key}': {_first_line(e)}") from e
     _check_values(cfg, "")
+    # Values read from the environment (``${oc.env:TOKEN}``) may be secrets: what the run saves keeps the
+    # interpolation, not the value (`to_dict`).
+    cfg._from_environment = dict(_environment_lookups(container))
     return cfg
 
 
+def _environment_lookups(node, prefix: str = ""):
+    """(dotted key, raw text) of every value that reads the environment."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _environment_lookups(value, f"{prefix}{key}.")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _environment_lookups(value, f"{prefix}{i}.")
+    elif isinstance(node, str) and "${oc.env:" in node:
+        yield prefix.rstrip("."), node
+
+
 def to_dict(cfg: Config) -> dict:
-    """The config as plain, resolved containers (for checkpoints and logs)."""
-    return dataclasses.asdict(cfg)
+    """The config as plain, resolved containers (for checkpoints and logs), except the values read from
+    the environment: those keep their ``${oc.env:…}`` (a token or a password must not be copied into every
+    checkpoint; a run repeated from its ``config.yaml`` reads the environment again)."""
+    data = dataclasses.asdict(cfg)
+    for key, raw in getattr(cfg, "_from_environment", {}).items():
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[int(last) if isinstance(node, list) else last] = raw
+    return data
 
 
 def to_yaml(cfg: Config) -> str:
@@ -243,10 +274,77 @@ def _first_line(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0]
 
 
+def check_size(data, source: str) -> None:
+    """Raise `ConfigError` naming ``source`` when ``data`` (dicts and lists) nests deeper than `MAX_DEPTH`,
+    would expand to more than `MAX_NODES` nodes with its shared parts copied, or contains itself.
+
+    Shared parts are counted as often as they are referenced, but each is walked once: nothing is expanded.
+    """
+    _walk_size(
+        data,
+        source,
+        lambda node: node.values() if isinstance(node, Mapping) else node,
+        lambda node: isinstance(node, Mapping | list | tuple),
+    )
+
+
+def _walk_size(root, source: str, children, is_container) -> None:
+    sizes: dict[int, tuple[int, int]] = {}  # id → (nodes, depth) of a container already walked
+    active: set[int] = set()
+
+    def walk(node, level: int) -> tuple[int, int]:
+        if not is_container(node):
+            return 1, 0
+        if level > MAX_DEPTH:  # checked on the way down: a deep file never reaches Python's recursion limit
+            raise ConfigError(f"{source}: the config nests deeper than {MAX_DEPTH} levels")
+        if id(node) in active:
+            raise ConfigError(f"{source}: a config value contains itself (a recursive alias)")
+        if id(node) not in sizes:
+            active.add(id(node))
+            nodes, depth = 1, 0
+            for child in children(node):
+                n, d = walk(child, level + 1)
+                nodes, depth = nodes + n, max(depth, d + 1)
+                if nodes > MAX_NODES:
+                    raise ConfigError(
+                        f"{source}: the config expands to more than {MAX_NODES} values (aliases counted as "
+                        f"copies, as they are expanded)"
+                    )
+            active.discard(id(node))
+            sizes[id(node)] = nodes, depth
+        nodes, depth = sizes[id(node)]
+        if level + depth > MAX_DEPTH:  # a shared part met again, deeper than before
+            raise ConfigError(f"{source}: the config nests deeper than {MAX_DEPTH} levels")
+        return nodes, depth
+
+    walk(root, 0)
+
+
+def _yaml_children(node: yaml.Node):
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return node.value
+
+
 def _check_yaml(path: Path) -> None:
-    """The given file itself: Hydra's YAML errors do not say which file they are in."""
+    """The given file itself: Hydra's YAML errors do not say which file they are in.  Bounded first: its
+    size, then its depth and expanded size from the composed node graph (aliases are shared nodes there)."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: {size} bytes, over the {MAX_FILE_BYTES} a config file may have")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            _walk_size(
+                root,
+                str(path),
+                _yaml_children,
+                lambda node: isinstance(node, yaml.MappingNode | yaml.SequenceNode),
+            )
+        data = yaml.safe_load(text)
+    except RecursionError as e:
+        raise ConfigError(f"{path}: the config nests too deeply to read") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

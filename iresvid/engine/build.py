@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,14 +10,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from iresvid.checkpoint_io import read_checkpoint
-from iresvid.config import Config, ConfigError, load_config
+from iresvid.checkpoint_io import CheckpointError, read_checkpoint
+from iresvid.config import Config, ConfigError, check_size, load_config
 from iresvid.data.build import build_dataset
 from iresvid.data.datasets import ClipDataset
 from iresvid.data.loader import build_loader
 from iresvid.data.transforms import EvalViews
 from iresvid.models import create_model
-from iresvid.models.weights import extract_state_dict
+from iresvid.models.weights import check_fits, check_values, extract_state_dict
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -142,26 +142,99 @@ def progress_bar(enabled: bool, **settings) -> Callable[[Iterable], Iterable] | 
     return lambda iterable: tqdm(iterable, dynamic_ncols=True, **settings)
 
 
+# What a checkpoint's saved config is trusted for: the model it describes and the clip that model was
+# trained and evaluated on, numbers only.  Paths, workers, devices and outputs are the user's (the user's
+# config or overrides, else the defaults): a checkpoint is a file from anywhere.
+CHECKPOINT_DATA_KEYS = (
+    "num_frames",
+    "frame_stride",
+    "test_size",
+    "test_crop_size",
+    "num_clips",
+    "num_crops",
+    "mean",
+    "std",
+)
+NO_DATA = "data.root=."  # a config that reads no dataset (export, prediction) needs no dataset folder
+
+
 def load_trained(
-    checkpoint: str | Path, cfg: Config | None = None, *, overrides: list[str] = (), use_ema: bool = True
+    checkpoint: str | Path,
+    cfg: Config | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    use_ema: bool = True,
+    needs_data: bool = False,
 ) -> tuple[nn.Module, Config, list[str]]:
     """A model trained by `Trainer`, from its checkpoint: (model in eval mode, config, class names).
 
-    The config saved in the checkpoint is used unless ``cfg`` is given; the EMA weights when present.
+    Without ``cfg`` the config is the defaults, then the checkpoint's ``model`` settings and evaluation
+    clip (`CHECKPOINT_DATA_KEYS`) as plain data (never composed, interpolated or followed to defaults),
+    then ``overrides``; ``needs_data``: the caller reads a dataset, so ``overrides`` must give
+    ``data.root``.  The EMA weights are used when present.  Weights that do not fit the model, or that are
+    not finite floating point where the model has floating point, are a `CheckpointError` naming the file
+    and the keys.
     """
     state = read_checkpoint(checkpoint)
     if not isinstance(state, dict) or "classes" not in state or "model" not in state:
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint} is not an iresvid training checkpoint (no 'model'/'classes'); to evaluate other "
             f"weights, build the model with iresvid.create_model(name, pretrained=...)"
         )
     if cfg is None:
-        cfg = load_config(state["config"], list(overrides))  # the run's saved, resolved config
-    classes = list(state["classes"])
+        cfg = checkpoint_config(state.get("config"), str(checkpoint), overrides, needs_data=needs_data)
+    classes = state["classes"]
+    if not isinstance(classes, list | tuple) or not classes or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{checkpoint}: 'classes' is not a list of class names")
+    classes = list(classes)
     cfg.model.pretrained = None
     model = build_model(cfg, len(classes))
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]
     weights = extract_state_dict(weights, source=str(checkpoint))
     weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
-    model.load_state_dict(weights)
+    check_fits(weights, model, str(checkpoint))  # the named refusal training's resume gives
+    check_values(weights, model, str(checkpoint))
+    model.load_state_dict(weights, strict=False)  # strictness was check_fits's
     return model.eval(), cfg, classes
+
+
+def checkpoint_config(
+    saved, source: str, overrides: Sequence[str] = (), *, needs_data: bool = False
+) -> Config:
+    """The config to use a checkpoint with: its saved ``model`` settings and evaluation clip, bounded and
+    taken as plain values, under the defaults and over-ridden by ``overrides``."""
+    saved = {} if saved is None else saved
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(f"{source}: its saved config is a {type(saved).__name__}, not a mapping")
+    check_size(saved, f"{source} (its saved config)")
+    model = saved.get("model") or {}
+    data = saved.get("data") or {}
+    if not isinstance(model, Mapping) or not isinstance(data, Mapping):
+        raise CheckpointError(f"{source}: its saved config's 'model' and 'data' are not mappings")
+    node = {"model": dict(model), "data": {k: data[k] for k in CHECKPOINT_DATA_KEYS if k in data}}
+    _refuse_interpolation(node, source, "")
+    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    if "data.root" not in given:
+        if needs_data:
+            raise ConfigError(
+                f"{source}: give the dataset folder as data.root=... (a checkpoint's own data paths are not "
+                f"used; --config FILE gives a whole config)"
+            )
+        overrides = [NO_DATA, *overrides]
+    return load_config(node, list(overrides))
+
+
+def _refuse_interpolation(node, source: str, key: str) -> None:
+    """A saved config is resolved data: a ``${...}`` in it would be resolved again (``${oc.env:...}``
+    reads this machine's environment), so it is refused."""
+    if isinstance(node, Mapping):
+        for name, value in node.items():
+            _refuse_interpolation(value, source, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            _refuse_interpolation(value, source, f"{key}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        raise CheckpointError(
+            f"{source}: its saved config's '{key}' holds an interpolation ({node!r}); a checkpoint's config "
+            f"is taken as plain values, never resolved"
+        )

@@ -286,7 +286,9 @@ def run_extract(
     if keep_spatial and out.suffix != ".pt":
         raise ConfigError(f"spatial maps (keep_spatial) are written as .pt only, got {out}")
     if checkpoint is not None:
-        model, cfg, classes = load_trained(checkpoint, cfg, overrides=list(overrides), use_ema=use_ema)
+        model, cfg, classes = load_trained(
+            checkpoint, cfg, overrides=list(overrides), use_ema=use_ema, needs_data=True
+        )
         source = {"checkpoint": str(checkpoint)}
     elif cfg is not None:
         if not cfg.model.pretrained:

@@ -36,7 +36,9 @@ def run_test(
     """
     out = Path(output_dir) if output_dir else Path(checkpoint).parent / "test"
     try:
-        model, cfg, classes = load_trained(checkpoint, cfg, overrides=list(overrides), use_ema=use_ema)
+        model, cfg, classes = load_trained(
+            checkpoint, cfg, overrides=list(overrides), use_ema=use_ema, needs_data=True
+        )
         # Before the evaluation, by the process that writes the reports; RANK is read before joining the
         # process group, so the others never wait in a collective for a process that has refused.
         if int(os.environ.get("RANK", "0")) == 0:

@@ -17,7 +17,8 @@ Sources recognised from the keys, after unwrapping ``{"state_dict": …}`` / ``{
 
 Files are read by `iresvid.checkpoint_io.read_checkpoint` (``torch.load(weights_only=True)``: a file that
 needs arbitrary code to unpickle is refused).  A checkpoint that does not fit the model is refused naming
-the first mismatching keys; one whose only difference is the classifier's number of classes has its
+the first mismatching keys, and one holding a non-floating or non-finite value where the model has floating
+point naming the first such key; one whose only difference is the classifier's number of classes has its
 classifier dropped (fine-tuning).
 
 What was loaded is recorded on ``model.pretrained_cfg``: file, sha256, the source layout it was converted
@@ -343,6 +344,24 @@ def check_fits(
     raise CheckpointError("\n".join(parts))
 
 
+def check_values(state: dict[str, torch.Tensor], model: nn.Module, source: str) -> None:
+    """Raise `CheckpointError` naming the first tensor that is not a finite floating-point value where
+    ``model`` holds floating point (int8, bool, complex or NaN weights would load silently otherwise).
+    Integer buffers the model keeps as integers (``num_batches_tracked``) are not checked."""
+    expected = model.state_dict()
+    for key, value in state.items():
+        ref = expected.get(key)
+        if ref is None or not ref.is_floating_point():
+            continue
+        if not value.is_floating_point():
+            raise CheckpointError(
+                f"checkpoint {source}: {key!r} is {value.dtype}, the model expects floating point "
+                f"({ref.dtype})"
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"checkpoint {source}: {key!r} holds NaN or infinite values")
+
+
 @dataclass
 class Checkpoint:
     """A checkpoint file, read, unwrapped and renamed to our keys, with what is known about it."""
@@ -446,6 +465,7 @@ def load_pretrained(
         if wanted != model_classes:
             model.reset_classifier(wanted)
     check_fits(state, model, label, ignore_classifier=drop)
+    check_values(state, model, label)
     model.load_state_dict(state, strict=False)  # strictness is check_fits's job, with better messages
     arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
     if drop:
