@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# GPU readiness in one JSON: train speed and memory, loader speed, data wait (iresvid/benchmarks/gpu_check.py).
+# GPU readiness in one JSON, under 8 minutes: the training step (speed, memory, host reads, GPU-busy share,
+# compile), evaluation, EMA, transfers, loader workers and data wait, exact resume
+# (iresvid/benchmarks/gpu_check.py).
 # Usage: tools/gpu_check.sh [--out bench_results/gpu_check.json] [--quick] [--budget-s S]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
