@@ -90,6 +90,13 @@ def _make_demo_data(args: argparse.Namespace) -> int:
     return run_guarded(run)
 
 
+# --config of the tools that start from a checkpoint (test, extract): a checkpoint's own config is plain
+# data from which only the model and clip settings are taken (`engine.build.checkpoint_config`).
+CONFIG_HELP = (
+    "YAML config, used whole (default: the checkpoint's model and clip settings, the data from key=value "
+    "overrides such as data.root=...)"
+)
+
 TRAIN_USAGE = """usage: iresvid train --config FILE [--resume auto|CHECKPOINT] [-m] [key=value ...]
 
 Train as the YAML FILE says, through Hydra: key=value overrides in Hydra's grammar (+key=value adds,
@@ -379,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     test = sub.add_parser("test", help="clip- and video-level evaluation of a checkpoint, with reports")
     test.add_argument("--checkpoint", required=True)
-    test.add_argument("--config", default=None, help="YAML config (default: the one in the checkpoint)")
+    test.add_argument("--config", default=None, help=CONFIG_HELP)
     test.add_argument("--output", default=None, help="report folder (default: <checkpoint dir>/test)")
     test.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not their EMA")
     test.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=/data")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from iresvid.cli import run_guarded, setup_logging
+from iresvid.cli import CONFIG_HELP, run_guarded, setup_logging
 
 
 def _ints(text: str) -> list[int]:
@@ -28,7 +28,7 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=None, help="a training checkpoint (its config and classes)")
-    parser.add_argument("--config", default=None, help="YAML config (default: the checkpoint's)")
+    parser.add_argument("--config", default=None, help=CONFIG_HELP)
     parser.add_argument("--model", default=None, help="without --checkpoint: a registry model name")
     parser.add_argument("--pretrained", default=None, help="without --checkpoint: weights for --model")
     parser.add_argument("--split", choices=("val", "train"), default="val")
