@@ -156,7 +156,8 @@ def test_validation_is_labelled_by_the_training_classes_and_sized_by_the_micro_b
     model = build_model_parts(cfg, CLASSES, ONE_PROCESS).model
     val = build_validation(cfg, model, classes, 4, ONE_PROCESS)
     assert val.dataset.classes == classes and val.dataset.num_videos == 8
-    assert val.chunk == 4 and val.loader.batch_size == 2  # 2 videos × 2 clips = 4 views a batch
+    # twice the micro-batch: no activations are kept for a backward pass
+    assert val.chunk == 8 and val.loader.batch_size == 4  # 4 videos × 2 clips = 8 views a batch
     assert val.views.num_crops == 1
 
 

@@ -14,7 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import iresvid
 from iresvid.config import ConfigError, load_config
-from iresvid.engine import parts
+from iresvid.data import loader as loaders
 from iresvid.engine.device import nondeterministic_op, set_algorithms
 from iresvid.engine.ema import ModelEma
 from iresvid.engine.evaluate import evaluate
@@ -157,12 +157,12 @@ def test_the_share_of_time_spent_waiting_for_data_is_measured_logged_and_a_slow_
 
 
 def test_num_workers_minus_one_takes_this_processes_share_of_the_cores(monkeypatch):
-    monkeypatch.setattr(parts.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    monkeypatch.setattr(loaders.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert parts.loader_workers(-1) == 31
+    assert loaders.resolve_workers(-1) == 31
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 GPUs' processes on the node share its 32 cores
-    assert parts.loader_workers(-1) == 3
-    assert parts.loader_workers(5) == 5
+    assert loaders.resolve_workers(-1) == 3
+    assert loaders.resolve_workers(5) == 5
     kinetics = load_config("configs/iresnet3d50_kinetics.yaml", ["data.root=/data/k400"])
     assert kinetics.data.num_workers == -1
 

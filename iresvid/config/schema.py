@@ -170,7 +170,10 @@ class DataConfig:
     )
     batch_size: int = doc(64, "global batch size, split across processes", min=1)
     eval_batch_size: int | None = doc(
-        None, "views per evaluation batch per process (None: batch_size)", min=1
+        None,
+        "views per evaluation batch per process (None: twice the training micro-batch in validation, "
+        "batch_size in tools/test.py, extraction and prediction)",
+        min=1,
     )
     num_workers: int = doc(
         8,

@@ -8,6 +8,7 @@ frame, so padding is never seen.  Batches stay uint8 until they reach the device
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -95,6 +96,15 @@ def _clip_rows(sample: dict) -> list[dict]:
     ]
 
 
+def resolve_workers(setting: int) -> int:
+    """``data.num_workers``, with -1 as one worker per CPU core of this process's share of the node (its
+    cores over the node's training processes, torchrun's LOCAL_WORLD_SIZE), less one for the process."""
+    if setting >= 0:
+        return setting
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1)
+
+
 def build_loader(
     dataset,
     *,
@@ -109,13 +119,15 @@ def build_loader(
     prefetch_factor: int = 2,
     start_method: str | None = None,
 ) -> DataLoader:
-    """A DataLoader over `ShardedSampler` + `collate_clips` (``batch_size`` per process).
+    """A DataLoader over `ShardedSampler` + `collate_clips` (``batch_size`` per process); ``num_workers=-1``
+    starts `resolve_workers`'s count.
 
     ``start_method`` starts the workers by ``fork``, ``spawn`` or ``forkserver`` (None: Python's default,
     ``forkserver`` on Linux from Python 3.14).  Under spawn and forkserver the dataset is pickled into each
     worker: it holds only host-side state (the device augmentation stays in the main process), so no
     worker opens a CUDA context.
     """
+    num_workers = resolve_workers(num_workers)
     sampler = ShardedSampler(len(dataset), shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank)
     return DataLoader(
         dataset,

@@ -103,6 +103,7 @@ def build_eval_inputs(
         batch_size=eval_videos_per_batch(views_per_pass, num_clips, num_crops),
         shuffle=False,
         num_workers=d.num_workers,
+        start_method=d.start_method,
         num_replicas=world_size,
         rank=rank,
         pin_memory=device.type == "cuda",

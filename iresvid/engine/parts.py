@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -148,15 +147,6 @@ def build_crop_sampler(cfg: DataConfig) -> CropFlipSampler:
     )
 
 
-def loader_workers(setting: int) -> int:
-    """``data.num_workers``, with -1 as one worker per CPU core of this process's share of the node (its
-    cores over the node's training processes, torchrun's LOCAL_WORLD_SIZE), less one for the process."""
-    if setting >= 0:
-        return setting
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1)
-
-
 def build_train_data(cfg: Config, micro_batch: int, dist: DistInfo) -> TrainData:
     """The training set and this process's loader of it; refuses a clip longer than every video and a
     batch larger than the set."""
@@ -169,7 +159,7 @@ def build_train_data(cfg: Config, micro_batch: int, dist: DistInfo) -> TrainData
         shuffle=True,
         seed=t.seed,
         drop_last=True,
-        num_workers=loader_workers(d.num_workers),
+        num_workers=d.num_workers,
         num_replicas=dist.world_size,
         rank=dist.rank,
         pin_memory=dist.device.type == "cuda",
@@ -269,7 +259,10 @@ def build_validation(
     cfg: Config, model: nn.Module, classes: list[str], micro_batch: int, dist: DistInfo
 ) -> EvalInputs:
     """This process's shard of the validation videos as ``val_num_clips × val_num_crops`` views, labelled
-    by the training class index ``classes`` whatever the validation split lists."""
+    by the training class index ``classes`` whatever the validation split lists.
+
+    Views per forward pass: ``data.eval_batch_size``, else twice the training micro-batch — without
+    gradients no activation is kept for a backward pass, so twice the clips fit where training's did."""
     d = cfg.data
     return build_eval_inputs(
         cfg,
@@ -278,7 +271,7 @@ def build_validation(
         classes=classes,
         num_clips=d.val_num_clips,
         num_crops=d.val_num_crops,
-        views_per_pass=d.eval_batch_size or micro_batch,
+        views_per_pass=d.eval_batch_size or 2 * micro_batch,
         world_size=dist.world_size,
         rank=dist.rank,
     )

@@ -32,7 +32,7 @@ from torch import nn
 from iresvid.config import Config, ConfigError, load_config
 from iresvid.data.annotations import VIDEO_EXTENSIONS, Annotations, VideoRecord, read_class_index
 from iresvid.data.datasets import ClipDataset, _reason
-from iresvid.data.loader import build_loader, collate_clips
+from iresvid.data.loader import build_loader, collate_clips, resolve_workers
 from iresvid.data.sampling import uniform_clips
 from iresvid.data.transforms import resize_short_side
 from iresvid.data.video_io import open_video
@@ -315,7 +315,7 @@ class Predictor:
             dataset,
             batch_size=eval_videos_per_batch(self.batch_size, d.num_clips, d.num_crops),
             shuffle=False,
-            num_workers=min(d.num_workers, len(items), os.cpu_count() or 1),
+            num_workers=min(resolve_workers(d.num_workers), len(items), os.cpu_count() or 1),
             pin_memory=self.device.type == "cuda",
             prefetch_factor=d.prefetch_factor,
         )
