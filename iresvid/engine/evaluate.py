@@ -80,18 +80,6 @@ def readable_views(
         yield kept, views(clips.to(device, non_blocking=device.type == "cuda"), sizes=sizes)
 
 
-def view_logits(
-    model: nn.Module,
-    views: torch.Tensor,
-    *,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-    chunk: int = 32,
-) -> torch.Tensor:
-    """float32 CPU logits of ``views`` (as `readable_views` yields them), ``chunk`` views per forward pass."""
-    return device_logits(model, views, device=device, amp_dtype=amp_dtype, chunk=chunk).cpu()
-
-
 def device_logits(
     model: nn.Module,
     views: torch.Tensor,
@@ -100,7 +88,8 @@ def device_logits(
     amp_dtype: torch.dtype | None = None,
     chunk: int = 32,
 ) -> torch.Tensor:
-    """`view_logits` left on ``device``: nothing waits for the GPU."""
+    """float32 logits of ``views`` (as `readable_views` yields them), ``chunk`` views per forward pass, left
+    on ``device``: nothing waits for the GPU (a caller that needs them on the host calls ``.cpu()``)."""
     with autocast(device, amp_dtype):
         return torch.cat([model(part) for part in views.split(chunk)]).float()
 

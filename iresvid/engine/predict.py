@@ -2,7 +2,7 @@
 
 The views are the evaluation protocol's, computed by the same functions as ``tools/test.py``: a whole
 video is ``num_clips`` uniform clips (`ClipDataset`'s evaluation item) × ``num_crops`` crops
-(`build_eval_views`), run ``batch_size`` views at a time (`view_logits`) and averaged as probabilities
+(`build_eval_views`), run ``batch_size`` views at a time (`device_logits`) and averaged as probabilities
 (`crop_probability_sums`); so `Predictor` gives, for a video of a test split, exactly the probabilities
 `evaluate` averages for it.  A time window is the same protocol on the window's frames: its clips are
 uniform within it (a window shorter than one clip is widened to one clip around its centre, within the
@@ -44,7 +44,7 @@ from iresvid.engine.build import (
     progress_bar,
 )
 from iresvid.engine.device import AMP_DTYPES, resolve_device
-from iresvid.engine.evaluate import crop_probability_sums, readable_views, view_logits
+from iresvid.engine.evaluate import crop_probability_sums, device_logits, readable_views
 from iresvid.errors import UserError
 from iresvid.files import WriteError, csv_cell, open_new, output_dir
 from iresvid.models.weights import read_checkpoint
@@ -366,7 +366,10 @@ class Predictor:
         )
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return view_logits(self.model, x, device=self.device, amp_dtype=self.amp_dtype, chunk=self.batch_size)
+        logits = device_logits(
+            self.model, x, device=self.device, amp_dtype=self.amp_dtype, chunk=self.batch_size
+        )
+        return logits.cpu()
 
     @staticmethod
     def _failure(plan) -> Failure:
