@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,17 +183,19 @@ def test_one_slurm_task_is_not_distributed(monkeypatch):
 
 
 def _job_tasks(sweep_root: Path, timeout: float) -> list[psutil.Process]:
-    """The training processes of the local submitit job under ``sweep_root`` (the job id is the pid of
-    submitit's local controller; its children run the tasks)."""
+    """The training processes of the local submitit job under ``sweep_root``: the job id is the pid of the
+    process submitit started (the controller, or the shell running its ``setup`` first), and the tasks are
+    the processes below it that run submitit's task entry point."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for folder in sweep_root.glob("multirun/*/.submitit/[0-9]*"):
             try:
-                children = psutil.Process(int(folder.name)).children()
+                below = psutil.Process(int(folder.name)).children(recursive=True)
+                tasks = [p for p in below if "submitit.core._submit" in " ".join(p.cmdline())]
             except psutil.NoSuchProcess:
                 continue
-            if children:
-                return children
+            if tasks:
+                return tasks
         time.sleep(0.1)
     raise AssertionError(f"no submitit job started under {sweep_root}")
 
@@ -201,6 +204,10 @@ def _logs(root: Path) -> str:
     """The ends of submitit's logs under ``root``: a failed job's reason is there, not in the launcher's
     output."""
     return "".join(f"\n--- {p}:\n{p.read_text()[-4000:]}" for p in sorted(root.rglob("*_log.*")))
+
+
+class _JobEnded(AssertionError):
+    """The launcher ended before what a test waited for appeared."""
 
 
 def _wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float) -> Path:
@@ -212,9 +219,42 @@ def _wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float
         if proc.poll() is not None:
             out, err = proc.communicate()
             ended = f"the job ended (exit {proc.returncode}) before {path_glob}"
-            raise AssertionError(f"{ended}:\n{err[-3000:]}{_logs(root)}")
+            raise _JobEnded(f"{ended}:\n{err[-3000:]}{_logs(root)}")
         time.sleep(0.05)
     raise AssertionError(f"{path_glob} did not appear under {root}")
+
+
+# submitit 1.5's local controller opens its job's log before the submitting process has made the job's
+# folder (it is named after the controller's pid, known only once it runs); on a loaded machine the
+# controller sometimes wins and dies with this in its traceback, at the first start or at the requeue.
+_SUBMITIT_START_RACE = "in start_tasks"
+
+
+def _stop_a_job_at_its_time_limit(
+    command: list[str], root: Path, tasks: int, env: dict
+) -> tuple[int, str, Path | None]:
+    """Launch ``command`` (a submitit_local sweep of one job), signal its tasks as SLURM does before a time
+    limit once its first epoch is saved, and wait for it to end: (exit status, stderr with submitit's logs,
+    the job's folder)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    job_dir = None
+    try:
+        job_dir = _wait_for("multirun/*/0/epoch_0001.pth", root, proc, timeout=240).parent
+        running = _job_tasks(root, timeout=10)
+        assert len(running) == tasks
+        for task in running:
+            task.send_signal(signal.SIGUSR2)  # SLURM signals every task of the job
+        _, err = proc.communicate(timeout=300)
+    except _JobEnded as ended:
+        return 1, str(ended), None
+    finally:  # the launcher and the job it started: submitit's controller outlives a killed launcher
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for process in psutil.Process(proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+        proc.kill()
+        proc.wait()
+    return proc.returncode, err + _logs(root), job_dir
 
 
 @pytest.mark.slow
@@ -231,29 +271,17 @@ def test_a_submitit_job_stopped_at_its_time_limit_requeues_and_ends_bitwise(demo
     settings = tiny(demo_root, tmp_path / "job", *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
-    launcher += [f"hydra.launcher.tasks_per_node={tasks}"]
-    proc = subprocess.Popen(
-        train_command(*settings, "-m", *launcher),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        job_dir = _wait_for("multirun/*/0/epoch_0001.pth", tmp_path / "job", proc, timeout=240).parent
-        running = _job_tasks(tmp_path / "job", timeout=10)
-        assert len(running) == tasks
-        for task in running:
-            task.send_signal(signal.SIGUSR2)  # SLURM signals every task of the job
-        out, err = proc.communicate(timeout=300)
-    finally:  # the launcher and the job it started: submitit's controller outlives a killed launcher
-        with contextlib.suppress(psutil.NoSuchProcess):
-            for process in psutil.Process(proc.pid).children(recursive=True):
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    process.kill()
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 0, err[-3000:] + _logs(tmp_path / "job")
+    # The controller's start is put off a little (submitit runs `setup` in a shell before it), so that the
+    # submitting process has made the job's folder first: see _SUBMITIT_START_RACE.
+    launcher += [f"hydra.launcher.tasks_per_node={tasks}", "++hydra.launcher.setup=['sleep 1']"]
+    for attempt in (1, 2):
+        returncode, err, job_dir = _stop_a_job_at_its_time_limit(
+            train_command(*settings, "-m", *launcher), tmp_path / "job", tasks, env
+        )
+        if not (_SUBMITIT_START_RACE in err and attempt == 1):
+            break
+        shutil.rmtree(tmp_path / "job")  # submitit's own race, not ours: once more, from scratch
+    assert returncode == 0, err[-3000:] + _logs(tmp_path / "job")
     log = (job_dir / "log.txt").read_text()
     assert "preempted or at the time limit: requeueing the job" in log
     assert "resumed from" in log.split("requeueing the job", 1)[1]
