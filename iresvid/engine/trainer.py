@@ -362,9 +362,10 @@ class Trainer:
         model.train()
         sampler = self.train_loader.sampler
         sampler.set_epoch(self.epoch, start=self.epoch_step * t.accum_steps * self.micro_batch)
-        # loss sum, correct, samples, failed videos, frame reads redone by the readers: summed on the device,
-        # read at the epoch's end, so that the steps never wait for the GPU (see `_forward_backward`)
-        totals = torch.zeros(5, dtype=torch.float64, device=self.device)
+        # loss sum, correct, samples: summed on the device, read at the epoch's end, so the steps never
+        # wait for the GPU (see `_forward_backward`); then the frame reads the readers redid (a host count)
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)
+        rereads = 0
         start, clips, waited = time.perf_counter(), 0, 0.0
         steps_left = self.steps_per_epoch - self.epoch_step
         bar = self._progress(total=steps_left, desc=f"epoch {self.epoch + 1}/{cfg.schedule.epochs}")
@@ -375,8 +376,7 @@ class Trainer:
                 batch = next(batches)
                 waited += time.perf_counter() - asked
                 self._record_failures(batch["failures"])
-                totals[3] += len(batch["failures"])
-                totals[4] += batch["rereads"]
+                rereads += batch["rereads"]
                 sync = micro == t.accum_steps - 1 or not self.dist.distributed
                 with contextlib.nullcontext() if sync else model.no_sync():
                     loss, correct, n = self._forward_backward(batch)
@@ -406,9 +406,10 @@ class Trainer:
                 self._save(epoch_end=False)
         if bar is not None:
             bar.close()
+        totals[3] = rereads
         all_reduce_sum(totals)
         failed = self._write_failures()
-        rereads = int(totals[4].item())
+        rereads = int(totals[3].item())
         if rereads and self.dist.is_main:
             log.warning(
                 "epoch %d: %d frame reads were redone through the exact path (a returned frame's timestamp "
